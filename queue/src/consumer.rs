@@ -1,0 +1,701 @@
+//! [`Consumer`]: how a worker takes jobs, and [`Delivery`]: one taken job with the right to finish it.
+//!
+//! A consumer reads new entries with a blocking `XREADGROUP` on a connection of its own, and
+//! between reads it takes back its own pending entries (after a restart), hands itself the jobs of
+//! dead consumers (lease expired), and moves due retries back into the stream. A background task
+//! renews the lease of every job it holds, so a live worker's long job is never taken over.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::streams::{StreamClaimReply, StreamId, StreamReadReply};
+use redis::{FromRedisValue, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::connection::{Connection, is_missing_group, is_transient};
+use crate::keys::WORKER_GROUP;
+use crate::queue::{now_ms, unexpected_reply};
+use crate::{
+    EventKind, FailureCode, JobEvent, JobId, JobRequest, JobState, Queue, Result, backoff,
+    scripts, wire,
+};
+
+/// Entries handled per reclaim or renewal round; far below Lua's `unpack` ceiling (about 8,000).
+const BATCH: usize = 500;
+
+/// What a held job's worker should know between its own calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Running,
+    /// Someone cancelled the job: stop it and complete it with `EventKind::Cancelled`.
+    CancelRequested,
+    /// The lease ran out and another consumer took the job: stop it and do not complete it.
+    Lost,
+}
+
+/// Jobs this consumer holds, by stream entry id: what the lease keeper renews.
+#[derive(Default)]
+struct Held {
+    jobs: Mutex<HashMap<String, (JobId, watch::Sender<Signal>)>>,
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JobId, watch::Sender<Signal>)>> {
+        // A panic while holding this lock leaves a plain map behind: nothing to repair.
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn signal(&self, entry: &str, signal: Signal) {
+        if let Some((_, sender)) = self.lock().get(entry) {
+            sender.send_replace(signal);
+        }
+    }
+}
+
+pub struct Consumer {
+    queue: Queue,
+    name: Arc<str>,
+    blocking: Connection,
+    held: Arc<Held>,
+    lease_keeper: JoinHandle<()>,
+    /// Own pending entries are taken back at start and after any failed read (its reply may have
+    /// been lost after Redis had already delivered the entries).
+    check_own_pending: bool,
+    next_reclaim: Instant,
+    next_promote: Instant,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.lease_keeper.abort();
+    }
+}
+
+impl Consumer {
+    /// A consumer named `name` in the worker group. Give a restarted worker the same name so it
+    /// takes its own unfinished jobs back at once instead of after the lease.
+    pub async fn new(queue: Queue, name: impl Into<String>) -> Result<Self> {
+        let block = Duration::from_millis(queue.config.block_ms);
+        let blocking = crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
+        let held = Arc::new(Held::default());
+        let name: Arc<str> = name.into().into();
+        let lease_keeper = tokio::spawn(keep_leases(queue.clone(), name.clone(), held.clone()));
+        let now = Instant::now();
+        Ok(Self {
+            queue,
+            name,
+            blocking,
+            held,
+            lease_keeper,
+            check_own_pending: true,
+            next_reclaim: now,
+            next_promote: now,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many jobs this consumer holds right now.
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// Up to `max` jobs to run, waiting at most the configured block time. Entries that cannot run
+    /// (undecodable, invalid, expired, delivered too often) are finished here and never returned.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        if self.check_own_pending {
+            let own = self.claim_pending(Some(&self.name.clone()), 0, max).await?;
+            self.check_own_pending = false;
+            if !own.is_empty() {
+                return Ok(own);
+            }
+        }
+        let now = Instant::now();
+        if now >= self.next_promote {
+            self.next_promote = now + self.promote_due().await?;
+        }
+        if now >= self.next_reclaim {
+            let lease = self.queue.config.lease_ms;
+            self.next_reclaim = now + Duration::from_millis(lease / 2);
+            let stale = self.claim_pending(None, lease, max).await?;
+            if !stale.is_empty() {
+                return Ok(stale);
+            }
+        }
+        let wait = Duration::from_millis(self.queue.config.block_ms)
+            .min(self.next_promote.saturating_duration_since(Instant::now()))
+            .min(self.next_reclaim.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(WORKER_GROUP)
+            .arg(&*self.name)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(wait.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.queue.keys.jobs())
+            .arg(">")
+            .query_async(&mut self.blocking)
+            .await;
+        let reply = match read {
+            Ok(reply) => reply,
+            Err(e) if is_missing_group(&e) => {
+                self.queue.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) if is_transient(&e) => {
+                warn!(message = "Reading jobs failed; will retry.", error = %e);
+                self.check_own_pending = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entries = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect::<Vec<_>>();
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if let Some(delivery) = self.admit(entry, 1).await? {
+                deliveries.push(delivery);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Claims pending entries idle for at least `min_idle_ms`: this consumer's own when `owner`
+    /// is given, anyone's otherwise. The claim counts a delivery, which is how poison jobs are
+    /// caught.
+    async fn claim_pending(
+        &mut self,
+        owner: Option<&str>,
+        min_idle_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Delivery>> {
+        let jobs = self.queue.keys.jobs();
+        let count = max.min(BATCH);
+        let pending: Vec<(String, String, u64, u32)> = self
+            .queue
+            .with_retry(|mut conn, _| {
+                let mut cmd = redis::cmd("XPENDING");
+                cmd.arg(&jobs)
+                    .arg(WORKER_GROUP)
+                    .arg("IDLE")
+                    .arg(min_idle_ms)
+                    .arg("-")
+                    .arg("+")
+                    .arg(count);
+                if let Some(owner) = owner {
+                    cmd.arg(owner);
+                }
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await?;
+        let candidates: HashMap<String, u32> = {
+            let held = self.held.lock();
+            pending
+                .into_iter()
+                .filter(|(entry, ..)| !held.contains_key(entry))
+                .map(|(entry, _, _, deliveries)| (entry, deliveries))
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&String> = candidates.keys().collect();
+        let claimed: StreamClaimReply = self
+            .queue
+            .with_retry(|mut conn, _| {
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(&jobs)
+                    .arg(WORKER_GROUP)
+                    .arg(&*self.name)
+                    .arg(min_idle_ms)
+                    .arg(&ids);
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await?;
+        let mut deliveries = Vec::new();
+        for entry in claimed.ids {
+            let count = candidates.get(&entry.id).copied().unwrap_or(0) + 1;
+            if owner.is_none() {
+                debug!(message = "Took over a stale job.", entry = %entry.id, deliveries = count);
+            }
+            if let Some(delivery) = self.admit(entry, count).await? {
+                deliveries.push(delivery);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Moves due retries back into the stream; returns how long until the next one is due.
+    async fn promote_due(&self) -> Result<Duration> {
+        let block = Duration::from_millis(self.queue.config.block_ms);
+        let (_, next_due_ms): (u64, i64) = self
+            .queue
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::PROMOTE.prepare_invoke();
+                invocation
+                    .key(keys.delayed())
+                    .key(keys.delayed_jobs())
+                    .key(keys.jobs())
+                    .arg(BATCH)
+                    .arg(format!("{}job:", keys.prefix()))
+                    .arg(self.queue.config.status_ttl_secs);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(match u64::try_from(next_due_ms) {
+            Ok(ms) => Duration::from_millis(ms).min(block),
+            Err(_) => block,
+        })
+    }
+
+    /// Turns a claimed entry into a delivery, or finishes it here when it must not run.
+    async fn admit(&self, entry: StreamId, deliveries: u32) -> Result<Option<Delivery>> {
+        let field = |name: &str| {
+            entry
+                .map
+                .get(name)
+                .and_then(|v| String::from_redis_value(v.clone()).ok())
+        };
+        let payload = field("job").unwrap_or_default();
+        let attempt = field("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let decoded = if entry.map.contains_key("job") {
+            wire::decode::<JobRequest>("job", &payload).map_err(|e| e.to_string())
+        } else {
+            Err("the entry has no `job` field (see docs/job-contract.md)".to_owned())
+        };
+        let mut job = match decoded {
+            Ok(job) => job,
+            Err(reason) => {
+                warn!(message = "Moved an undecodable entry to the dead letters.", entry = %entry.id, %reason);
+                let raw = raw_fields(&entry);
+                self.dead_letter(&entry.id, &reason, &raw, None).await?;
+                return Ok(None);
+            }
+        };
+        let id = match &job.id {
+            Some(id) => id.clone(),
+            None => JobId::from_entry_id(&entry.id)
+                .ok_or_else(|| unexpected_reply("XREADGROUP", Some(&entry.id)))?,
+        };
+        job.id = Some(id.clone());
+        let (signal_tx, signal) = watch::channel(Signal::Running);
+        self.held
+            .lock()
+            .insert(entry.id.clone(), (id.clone(), signal_tx));
+        let delivery = Delivery {
+            id,
+            entry_id: entry.id,
+            attempt,
+            deliveries,
+            payload: wire::encode(&job),
+            job,
+            queue: self.queue.clone(),
+            consumer: self.name.clone(),
+            held: self.held.clone(),
+            signal,
+        };
+        let config = &self.queue.config;
+        if deliveries > config.max_deliveries {
+            let message = format!(
+                "This job stopped its worker {} times, so it was set aside. Try a smaller size or fewer steps.",
+                deliveries - 1
+            );
+            let reason = format!("delivered {deliveries} times without finishing");
+            let event = delivery.event(EventKind::Failed {
+                code: FailureCode::TooManyDeliveries,
+                message,
+                retryable: false,
+            });
+            let raw = raw_fields_of(&delivery);
+            self.dead_letter(&delivery.entry_id, &reason, &raw, Some((&delivery, event)))
+                .await?;
+            return Ok(None);
+        }
+        if let Err(invalid) = delivery.job.validate() {
+            delivery
+                .complete(EventKind::Failed {
+                    code: FailureCode::InvalidRequest,
+                    message: invalid.to_string(),
+                    retryable: false,
+                })
+                .await?;
+            return Ok(None);
+        }
+        if delivery.job.deadline_ms.is_some_and(|deadline| deadline <= now_ms()) {
+            delivery
+                .complete(EventKind::Failed {
+                    code: FailureCode::DeadlineExceeded,
+                    message: "The request waited past its deadline, so it was not started.".into(),
+                    retryable: false,
+                })
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some(delivery))
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &str,
+        reason: &str,
+        raw: &str,
+        job: Option<(&Delivery, String)>,
+    ) -> Result<()> {
+        let queue = &self.queue;
+        let dlq = queue.keys.dead_letters();
+        let (status, events, in_flight, event, job_id) = match &job {
+            Some((delivery, event)) => (
+                queue.keys.status(&delivery.id),
+                queue.keys.events(delivery.job.origin.kind()),
+                queue.keys.in_flight(&delivery.job.requester_key()),
+                event.as_str(),
+                delivery.id.as_str(),
+            ),
+            None => (dlq.clone(), dlq.clone(), dlq.clone(), "", ""),
+        };
+        let _: String = queue
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::DEAD_LETTER.prepare_invoke();
+                invocation
+                    .key(keys.jobs())
+                    .key(&dlq)
+                    .key(&status)
+                    .key(&events)
+                    .key(&in_flight)
+                    .arg(WORKER_GROUP)
+                    .arg(&*self.name)
+                    .arg(entry)
+                    .arg(reason)
+                    .arg(raw)
+                    .arg(queue.config.events_max_len)
+                    .arg(event)
+                    .arg(job_id)
+                    .arg(queue.config.status_ttl_secs);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Renews the leases of held jobs every third of the lease, and tells their workers about
+/// cancel requests and lost leases.
+async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Arc<Held>) {
+    let period = Duration::from_millis((queue.config.lease_ms / 3).max(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let snapshot: Vec<(String, JobId)> = held
+            .lock()
+            .iter()
+            .map(|(entry, (id, _))| (entry.clone(), id.clone()))
+            .collect();
+        for chunk in snapshot.chunks(BATCH) {
+            let renewed: redis::RedisResult<(Vec<String>, Vec<String>)> = queue
+                .with_retry(|mut conn, keys| {
+                    let mut invocation = scripts::RENEW.prepare_invoke();
+                    invocation
+                        .key(keys.jobs())
+                        .arg(WORKER_GROUP)
+                        .arg(&*consumer)
+                        .arg(format!("{}job:", keys.prefix()));
+                    for (entry, id) in chunk {
+                        invocation.arg(entry).arg(id.as_str());
+                    }
+                    async move { invocation.invoke_async(&mut conn).await }
+                })
+                .await;
+            match renewed {
+                Ok((lost, cancel)) => {
+                    for entry in lost {
+                        warn!(message = "Lost the lease of a job; another worker has it.", %entry);
+                        held.signal(&entry, Signal::Lost);
+                    }
+                    for entry in cancel {
+                        held.signal(&entry, Signal::CancelRequested);
+                    }
+                }
+                Err(e) => warn!(message = "Renewing job leases failed.", error = %e),
+            }
+        }
+    }
+}
+
+/// What a terminal write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The terminal event is written and the entry acknowledged.
+    Done,
+    /// The job had already ended (an earlier call whose reply was lost, say).
+    AlreadyFinished,
+    /// Another consumer holds the job now: nothing was written.
+    Lost,
+}
+
+/// What `fail` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The job comes back after this backoff.
+    Retrying { attempt: u32, delay: Duration },
+    /// The job ended with a Failed event.
+    Failed(Completion),
+}
+
+/// One job taken from the queue. Finish it with [`Delivery::complete`] or [`Delivery::fail`];
+/// dropping it unfinished stops its lease renewal, so another worker takes it after the lease.
+pub struct Delivery {
+    pub id: JobId,
+    /// The request, with `id` always set.
+    pub job: JobRequest,
+    pub entry_id: String,
+    /// Retries before this one (0 on the first attempt).
+    pub attempt: u32,
+    /// Times this entry has been delivered, this one included.
+    pub deliveries: u32,
+    payload: String,
+    queue: Queue,
+    consumer: Arc<str>,
+    held: Arc<Held>,
+    signal: watch::Receiver<Signal>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.held.lock().remove(&self.entry_id);
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("entry_id", &self.entry_id)
+            .field("attempt", &self.attempt)
+            .field("deliveries", &self.deliveries)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// The latest news from the lease keeper.
+    pub fn signal(&self) -> Signal {
+        *self.signal.borrow()
+    }
+
+    /// Resolves when the job is cancelled or its lease is lost.
+    pub async fn interrupted(&mut self) -> Signal {
+        match self.signal.wait_for(|s| *s != Signal::Running).await {
+            Ok(signal) => *signal,
+            // The sender lives as long as the delivery is held.
+            Err(_) => Signal::Lost,
+        }
+    }
+
+    fn event(&self, kind: EventKind) -> String {
+        wire::encode(&JobEvent {
+            job_id: self.id.clone(),
+            at_ms: now_ms(),
+            origin: self.job.origin.clone(),
+            requester: self.job.requester.clone(),
+            kind,
+        })
+    }
+
+    /// Writes a non-terminal event (Starting, Progress). Returns the job's signal afterwards, so
+    /// a cancel request is seen at the next progress report.
+    pub async fn publish(&self, kind: EventKind) -> Result<Signal> {
+        debug_assert!(!kind.is_terminal(), "terminal events go through complete()");
+        let event = self.event(kind);
+        let config = &self.queue.config;
+        let (owner, cancel): (String, u8) = self
+            .queue
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::PUBLISH.prepare_invoke();
+                invocation
+                    .key(keys.jobs())
+                    .key(keys.status(&self.id))
+                    .key(keys.events(self.job.origin.kind()))
+                    .arg(WORKER_GROUP)
+                    .arg(&*self.consumer)
+                    .arg(&self.entry_id)
+                    .arg(&event)
+                    .arg(config.events_max_len)
+                    .arg(config.status_ttl_secs)
+                    .arg(&self.payload);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        let signal = match (owner.as_str(), cancel) {
+            ("mine", 1) => Signal::CancelRequested,
+            ("mine", _) => self.signal(),
+            _ => Signal::Lost,
+        };
+        if signal != Signal::Running {
+            self.held.signal(&self.entry_id, signal);
+        }
+        Ok(signal)
+    }
+
+    /// Writes the terminal event (Succeeded, Failed or Cancelled), then acknowledges and deletes
+    /// the entry, in one script.
+    pub async fn complete(self, kind: EventKind) -> Result<Completion> {
+        let state = match &kind {
+            EventKind::Succeeded { .. } => JobState::Succeeded,
+            EventKind::Failed { .. } => JobState::Failed,
+            EventKind::Cancelled => JobState::Cancelled,
+            other => panic!("complete() takes a terminal event, not {other:?}"),
+        };
+        let event = self.event(kind);
+        let config = &self.queue.config;
+        let reply: String = self
+            .queue
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::COMPLETE.prepare_invoke();
+                invocation
+                    .key(keys.jobs())
+                    .key(keys.status(&self.id))
+                    .key(keys.events(self.job.origin.kind()))
+                    .key(keys.in_flight(&self.job.requester_key()))
+                    .arg(WORKER_GROUP)
+                    .arg(&*self.consumer)
+                    .arg(&self.entry_id)
+                    .arg(self.id.as_str())
+                    .arg(state.as_str())
+                    .arg(&event)
+                    .arg(config.events_max_len)
+                    .arg(config.status_ttl_secs)
+                    .arg(&self.payload);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        completion(&reply)
+    }
+
+    /// Ends this attempt with a failure. When `retryable` and retries remain, the job waits out
+    /// an exponential backoff with jitter and comes back; otherwise it fails for good.
+    pub async fn fail(self, code: FailureCode, message: String, retryable: bool) -> Result<Failure> {
+        let config = self.queue.config.clone();
+        if !retryable || self.attempt >= config.max_retries {
+            let message = if retryable {
+                format!("{message} (gave up after {} attempts)", self.attempt + 1)
+            } else {
+                message
+            };
+            let done = self
+                .complete(EventKind::Failed {
+                    code,
+                    message,
+                    retryable: false,
+                })
+                .await?;
+            return Ok(Failure::Failed(done));
+        }
+        let attempt = self.attempt + 1;
+        let delay = backoff::retry_delay(
+            attempt,
+            Duration::from_millis(config.retry_base_ms),
+            Duration::from_millis(config.retry_max_ms),
+            fastrand::f64(),
+        );
+        let event = self.event(EventKind::Retrying {
+            attempt,
+            retry_in_ms: delay.as_millis() as u64,
+            message,
+        });
+        let reply: String = self
+            .queue
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::RETRY.prepare_invoke();
+                invocation
+                    .key(keys.jobs())
+                    .key(keys.status(&self.id))
+                    .key(keys.events(self.job.origin.kind()))
+                    .key(keys.delayed())
+                    .key(keys.delayed_jobs())
+                    .arg(WORKER_GROUP)
+                    .arg(&*self.consumer)
+                    .arg(&self.entry_id)
+                    .arg(self.id.as_str())
+                    .arg(delay.as_millis() as u64)
+                    .arg(&event)
+                    .arg(config.events_max_len)
+                    .arg(config.status_ttl_secs)
+                    .arg(&self.payload)
+                    .arg(attempt);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match completion(&reply)? {
+            Completion::Done => Ok(Failure::Retrying { attempt, delay }),
+            other => Ok(Failure::Failed(other)),
+        }
+    }
+
+    /// Gives the job back unfinished (graceful shutdown): it becomes claimable by other workers at
+    /// once instead of after the lease.
+    pub async fn abandon(self) -> Result<()> {
+        let config = &self.queue.config;
+        let _: Value = self
+            .queue
+            .with_retry(|mut conn, keys| {
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(keys.jobs())
+                    .arg(WORKER_GROUP)
+                    .arg(&*self.consumer)
+                    .arg(0)
+                    .arg(&self.entry_id)
+                    .arg("IDLE")
+                    .arg(config.lease_ms)
+                    .arg("JUSTID");
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn completion(reply: &str) -> Result<Completion> {
+    match reply {
+        "done" => Ok(Completion::Done),
+        "finished" => Ok(Completion::AlreadyFinished),
+        "lost" => Ok(Completion::Lost),
+        other => Err(unexpected_reply("complete", Some(other))),
+    }
+}
+
+/// The entry's fields as a JSON object, kept in the dead letters for inspection.
+fn raw_fields(entry: &StreamId) -> String {
+    let fields: serde_json::Map<String, serde_json::Value> = entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                other => format!("{other:?}"),
+            };
+            (k.clone(), serde_json::Value::String(text))
+        })
+        .collect();
+    serde_json::Value::Object(fields).to_string()
+}
+
+fn raw_fields_of(delivery: &Delivery) -> String {
+    serde_json::json!({ "job": delivery.payload, "attempt": delivery.attempt.to_string() }).to_string()
+}

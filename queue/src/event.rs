@@ -1,0 +1,127 @@
+//! What happens to a job, as front ends see it: [`JobEvent`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, Origin, Requester};
+
+/// One step in a job's life, written to the event stream of the job's origin.
+/// Every job gets exactly one terminal event: `succeeded`, `failed` or `cancelled`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    /// Unix time in milliseconds when the event was written.
+    pub at_ms: u64,
+    /// Where to reply: front ends need nothing else to answer in the right place.
+    pub origin: Origin,
+    pub requester: Requester,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// Accepted; `position` jobs (this one included) were waiting to be taken when it was added.
+    Queued { position: u64 },
+    /// A worker took the job and is getting compute for it; `message` says what it waits for.
+    Starting { message: String },
+    /// Denoising step `step` of `total` is done.
+    Progress { step: u32, total: u32 },
+    /// This attempt failed in a way a retry can fix; the job comes back after `retry_in_ms`.
+    Retrying {
+        attempt: u32,
+        retry_in_ms: u64,
+        message: String,
+    },
+    Succeeded {
+        images: Vec<ImageRef>,
+        timings: Timings,
+    },
+    Failed {
+        code: FailureCode,
+        /// Written for the person who asked; safe to show in chat.
+        message: String,
+        /// Whether asking again can help (it cannot for a bad request).
+        retryable: bool,
+    },
+    Cancelled,
+}
+
+impl EventKind {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Succeeded { .. } | EventKind::Failed { .. } | EventKind::Cancelled
+        )
+    }
+}
+
+/// One generated image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// The object key in the bucket.
+    pub key: String,
+    /// A link that works for whoever receives it (presigned or public).
+    pub url: String,
+    pub width: u32,
+    pub height: u32,
+    pub seed: u64,
+}
+
+/// Where the time went, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From submit until a worker took the job.
+    pub queue_ms: u64,
+    /// From taking the job until the runner started generating (scheduling, image pull, weights).
+    pub startup_ms: u64,
+    pub generate_ms: u64,
+    pub upload_ms: u64,
+    /// From submit until the result was published.
+    pub total_ms: u64,
+    /// GPU time held for this job, in GPU-seconds.
+    pub gpu_seconds: f64,
+}
+
+/// Why a job failed, for machines: metrics labels, retry policy, front-end wording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The request breaks a limit or cannot be decoded.
+    InvalidRequest,
+    UnknownModel,
+    /// The job's deadline passed before it could finish.
+    DeadlineExceeded,
+    /// The job was delivered too many times without finishing: it keeps crashing its worker.
+    TooManyDeliveries,
+    WeightsCorrupt,
+    OutOfMemory,
+    StorageUnavailable,
+    NoGpuCapacity,
+    ImagePullFailed,
+    RunnerCrashed,
+    Internal,
+    /// A code from a newer DUCKS that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl FailureCode {
+    /// The stable text form, used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::InvalidRequest => "invalid_request",
+            FailureCode::UnknownModel => "unknown_model",
+            FailureCode::DeadlineExceeded => "deadline_exceeded",
+            FailureCode::TooManyDeliveries => "too_many_deliveries",
+            FailureCode::WeightsCorrupt => "weights_corrupt",
+            FailureCode::OutOfMemory => "out_of_memory",
+            FailureCode::StorageUnavailable => "storage_unavailable",
+            FailureCode::NoGpuCapacity => "no_gpu_capacity",
+            FailureCode::ImagePullFailed => "image_pull_failed",
+            FailureCode::RunnerCrashed => "runner_crashed",
+            FailureCode::Internal => "internal",
+            FailureCode::Unknown => "unknown",
+        }
+    }
+}

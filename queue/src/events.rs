@@ -1,0 +1,139 @@
+//! [`EventReader`]: how a front end reads the events of its origin through a consumer group of its
+//! own, so a restarted front end picks up where it stopped and loses no result.
+
+use std::time::Duration;
+
+use redis::streams::{StreamId, StreamReadReply};
+use redis::{FromRedisValue, Value};
+
+use crate::connection::{Connection, is_missing_group, is_transient};
+use crate::queue::retry_transient;
+use crate::{ContractError, JobEvent, Queue, Result, wire};
+
+/// One event as read from a stream. Acknowledge it with [`EventReader::ack`] once handled.
+#[derive(Debug)]
+pub struct EventEntry {
+    pub entry_id: String,
+    /// An event this build cannot read is handed over as an error rather than dropped silently.
+    pub event: Result<JobEvent, ContractError>,
+}
+
+pub struct EventReader {
+    queue: Queue,
+    blocking: Connection,
+    stream: String,
+    group: String,
+    consumer: String,
+    /// Pending entries of this consumer are read again after a start or a failed read.
+    check_own_pending: bool,
+}
+
+impl EventReader {
+    /// Reads `origin_kind`'s events in consumer group `group` as `consumer`. The group is created
+    /// at the start of the stream, so events written before the front end first ran are read too.
+    pub async fn new(queue: &Queue, origin_kind: &str, group: &str, consumer: &str) -> Result<Self> {
+        let block = Duration::from_millis(queue.config.block_ms);
+        let blocking = retry_transient(|| queue.target.connect_blocking(block)).await?;
+        let reader = Self {
+            queue: queue.clone(),
+            blocking,
+            stream: queue.keys.events(origin_kind),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+            check_own_pending: true,
+        };
+        reader.create_group().await?;
+        Ok(reader)
+    }
+
+    async fn create_group(&self) -> Result<()> {
+        let created: redis::RedisResult<()> = self
+            .queue
+            .with_retry(|mut conn, _| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Up to `count` events, waiting at most `block` for new ones.
+    pub async fn next(&mut self, count: usize, block: Duration) -> Result<Vec<EventEntry>> {
+        let from = if self.check_own_pending { "0" } else { ">" };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if from == ">" {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.stream).arg(from);
+        let reply: StreamReadReply = match cmd.query_async(&mut self.blocking).await {
+            Ok(reply) => reply,
+            Err(e) if is_missing_group(&e) => {
+                self.create_group().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) if is_transient(&e) => {
+                self.check_own_pending = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if from == "0" && entries.len() < count {
+            self.check_own_pending = false;
+        }
+        Ok(entries.into_iter().map(decode_event).collect())
+    }
+
+    /// Marks events as handled. Entries stay in the stream for other front-end groups; the stream
+    /// is bounded by its approximate length cap.
+    pub async fn ack(&self, entry_ids: &[String]) -> Result<()> {
+        if entry_ids.is_empty() {
+            return Ok(());
+        }
+        let _: u64 = self
+            .queue
+            .with_retry(|mut conn, _| async move {
+                redis::cmd("XACK")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(entry_ids)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn decode_event(entry: StreamId) -> EventEntry {
+    let json = entry
+        .map
+        .get("event")
+        .and_then(|v: &Value| String::from_redis_value(v.clone()).ok());
+    let event = match json {
+        Some(json) => wire::decode("event", &json),
+        None => Err(ContractError::Malformed {
+            what: "event",
+            detail: "the entry has no `event` field".into(),
+        }),
+    };
+    EventEntry {
+        entry_id: entry.id,
+        event,
+    }
+}

@@ -1,0 +1,78 @@
+//! Every Redis key and group name of a queue. No other module spells a key.
+//!
+//! All keys of one queue carry the hash tag `{<name>}`, so every script touches one slot and runs
+//! on Redis Cluster. Event streams are inside the tag too (shared/DESIGN.md sketched them outside):
+//! a terminal event and the acknowledgement it guards are written by one script, and a script
+//! cannot span slots.
+
+use crate::JobId;
+
+/// The consumer group of workers on the work stream.
+pub const WORKER_GROUP: &str = "workers";
+
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// `ducks:{<name>}:`, the start of every key.
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(queue_name: &str) -> Self {
+        Self {
+            prefix: format!("ducks:{{{queue_name}}}:"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The work stream (consumer group [`WORKER_GROUP`]). Never trimmed by length.
+    pub fn jobs(&self) -> String {
+        format!("{}jobs", self.prefix)
+    }
+
+    /// Sorted set of job ids waiting out a retry backoff, scored by due time (Redis clock, ms).
+    pub fn delayed(&self) -> String {
+        format!("{}delayed", self.prefix)
+    }
+
+    /// Hash job id → stream fields (JSON) of the jobs in [`Keys::delayed`].
+    pub fn delayed_jobs(&self) -> String {
+        format!("{}delayed-jobs", self.prefix)
+    }
+
+    /// Dead letters: entries that could not be decoded or kept failing, with the reason.
+    pub fn dead_letters(&self) -> String {
+        format!("{}dlq", self.prefix)
+    }
+
+    /// Status hash of one job, with a time to live.
+    pub fn status(&self, id: &JobId) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.prefix)
+    }
+
+    /// Event stream of one origin kind (`discord`, `twitch`, `api`, `cli`, `redis`).
+    pub fn events(&self, origin_kind: &str) -> String {
+        format!("{}events:{origin_kind}", self.prefix)
+    }
+
+    /// Sorted set of the requester's unfinished job ids, scored by submit time.
+    pub fn in_flight(&self, requester_key: &str) -> String {
+        format!("{}inflight:{requester_key}", self.prefix)
+    }
+
+    /// Sorted set of the requester's recent submits, scored by submit time (sliding window).
+    pub fn rate(&self, requester_key: &str) -> String {
+        format!("{}rate:{requester_key}", self.prefix)
+    }
+
+    /// The model catalogue snapshot (JSON), kept fresh by workers.
+    pub fn models(&self) -> String {
+        format!("{}models", self.prefix)
+    }
+}

@@ -1,0 +1,260 @@
+//! What a front end asks for: [`JobRequest`], where it came from ([`Origin`]) and who asked ([`Requester`]).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::JobId;
+
+/// Limits that every request must respect, whatever the model. Models may narrow them further.
+pub mod limits {
+    pub const MAX_PROMPT_CHARS: usize = 1_000;
+    pub const MIN_SIDE: u32 = 64;
+    pub const MAX_SIDE: u32 = 2_048;
+    /// Sides must be multiples of this: the VAE downsamples by 8.
+    pub const SIDE_MULTIPLE: u32 = 8;
+    pub const MAX_STEPS: u32 = 150;
+    pub const MAX_GUIDANCE: f32 = 30.0;
+    pub const MAX_IMAGES: u32 = 4;
+    pub const MAX_MODEL_ID_LEN: usize = 64;
+    pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+    pub const MAX_REQUESTER_ID_LEN: usize = 128;
+}
+
+/// One image job as it travels through the queue. Optional generation parameters fall back to the
+/// model's defaults, which the worker applies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Set by `submit`; a raw Redis client may set it or let the worker derive one from the entry id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<JobId>,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub negative_prompt: String,
+    /// Model id from the catalogue; `None` means the catalogue's default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
+    /// `None` lets the runner pick one and report it, so any image can be reproduced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// How many images to draw in this job.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Where the request came from and where results go back to.
+    #[serde(default)]
+    pub origin: Origin,
+    #[serde(default)]
+    pub requester: Requester,
+    /// The same key within its time to live returns the first job instead of creating another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Unix time in milliseconds after which the result is no longer wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Unix time in milliseconds when the job was submitted; set by `submit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at_ms: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl JobRequest {
+    /// A request for one image of `prompt` from `origin`, everything else at its default.
+    pub fn new(prompt: impl Into<String>, origin: Origin) -> Self {
+        Self {
+            id: None,
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            model: None,
+            width: None,
+            height: None,
+            steps: None,
+            guidance: None,
+            seed: None,
+            count: 1,
+            origin,
+            requester: Requester::default(),
+            idempotency_key: None,
+            deadline_ms: None,
+            submitted_at_ms: None,
+        }
+    }
+
+    /// Checks every limit in [`limits`]. The error's text is written for the person who typed the
+    /// command and can be shown in chat as it is.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        use limits::*;
+        let fail = |message: String| Err(ValidationError(message));
+        if self.prompt.trim().is_empty() {
+            return fail("The prompt is empty: describe the image you want.".into());
+        }
+        for (what, text) in [("prompt", &self.prompt), ("negative prompt", &self.negative_prompt)] {
+            let chars = text.chars().count();
+            if chars > MAX_PROMPT_CHARS {
+                return fail(format!(
+                    "The {what} is {chars} characters long; the limit is {MAX_PROMPT_CHARS}."
+                ));
+            }
+        }
+        if let Some(model) = &self.model
+            && !is_valid_model_id(model)
+        {
+            return fail(format!(
+                "`{}` is not a model id: use 1 to {MAX_MODEL_ID_LEN} lowercase letters, digits, '.', '_' or '-'.",
+                model.chars().take(MAX_MODEL_ID_LEN).collect::<String>()
+            ));
+        }
+        for (what, side) in [("width", self.width), ("height", self.height)] {
+            if let Some(side) = side
+                && (!(MIN_SIDE..=MAX_SIDE).contains(&side) || side % SIDE_MULTIPLE != 0)
+            {
+                return fail(format!(
+                    "The {what} {side} is not allowed: use a multiple of {SIDE_MULTIPLE} from {MIN_SIDE} to {MAX_SIDE}."
+                ));
+            }
+        }
+        if let Some(steps) = self.steps
+            && !(1..=MAX_STEPS).contains(&steps)
+        {
+            return fail(format!("{steps} steps is not allowed: use 1 to {MAX_STEPS}."));
+        }
+        if let Some(guidance) = self.guidance
+            && !(guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&guidance))
+        {
+            return fail(format!("Guidance {guidance} is not allowed: use 0 to {MAX_GUIDANCE}."));
+        }
+        if !(1..=MAX_IMAGES).contains(&self.count) {
+            return fail(format!(
+                "{} images is not allowed: ask for 1 to {MAX_IMAGES}.",
+                self.count
+            ));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty()
+                || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+                || !key.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return fail(format!(
+                "The idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters without spaces."
+            ));
+        }
+        let requester = &self.requester.id;
+        if requester.is_empty()
+            || requester.len() > MAX_REQUESTER_ID_LEN
+            || requester.chars().any(char::is_control)
+        {
+            return fail(format!(
+                "The requester id must be 1 to {MAX_REQUESTER_ID_LEN} characters without control characters."
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key that per-requester limits count under: the platform and the person's id on it.
+    pub fn requester_key(&self) -> String {
+        format!("{}:{}", self.origin.kind(), self.requester.id)
+    }
+}
+
+/// Model ids become S3 prefixes and label values: keep them short and plain.
+pub fn is_valid_model_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= limits::MAX_MODEL_ID_LEN
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A request that breaks a limit. Its text is meant for the person who asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+/// Where a request came from, with what the front end needs to reply there.
+/// Each kind has its own event stream, read by that front end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Origin {
+    Discord {
+        application_id: String,
+        /// Valid for 15 minutes; lets the bot edit its deferred reply.
+        interaction_token: Redacted,
+        channel_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guild_id: Option<String>,
+    },
+    Twitch {
+        channel: String,
+        /// The chat message to reply to (`reply-parent-msg-id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+    },
+    Api {
+        /// The API client that submitted, if it identified itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    Cli,
+    /// Added by any Redis client following docs/job-contract.md.
+    #[default]
+    Redis,
+}
+
+impl Origin {
+    /// The name of this origin's event stream, and the platform part of requester keys.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Origin::Discord { .. } => "discord",
+            Origin::Twitch { .. } => "twitch",
+            Origin::Api { .. } => "api",
+            Origin::Cli => "cli",
+            Origin::Redis => "redis",
+        }
+    }
+
+    /// Every origin kind, for tools that read all event streams.
+    pub const KINDS: [&'static str; 5] = ["discord", "twitch", "api", "cli", "redis"];
+}
+
+/// The person (or program) on whose behalf a job runs; per-requester limits count by this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requester {
+    /// The platform's user id (a Discord snowflake, a Twitch user id, an API key's name).
+    pub id: String,
+    /// A name to show back in chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Default for Requester {
+    fn default() -> Self {
+        Self {
+            id: "anonymous".into(),
+            name: None,
+        }
+    }
+}
+
+/// A string that serializes as itself but never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}

@@ -1,0 +1,27 @@
+//! The Lua scripts that make each queue transition atomic. Each one is `scripts/lib.lua` followed
+//! by its own file; `redis::Script` sends it by SHA and loads it again after a Redis restart.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(include_str!("scripts/lib.lua"), include_str!($file)))
+        });
+    };
+}
+
+script!(SUBMIT, "scripts/submit.lua");
+script!(COMPLETE, "scripts/complete.lua");
+script!(RETRY, "scripts/retry.lua");
+script!(PROMOTE, "scripts/promote.lua");
+script!(CANCEL, "scripts/cancel.lua");
+script!(PUBLISH, "scripts/publish.lua");
+script!(RENEW, "scripts/renew.lua");
+script!(DEAD_LETTER, "scripts/dead_letter.lua");
+script!(STATUS, "scripts/status.lua");
+
+/// Stands for the queue position in the Queued event until the submit script knows it.
+pub const POSITION_PLACEHOLDER: u64 = 987_654_321_987_654_321;

@@ -1,0 +1,25 @@
+//! Test harness for the DUCKS suite: real `redis-server` processes on free
+//! loopback ports, each in its own temporary directory.
+//!
+//! Why real servers instead of a mock: the queue's correctness rests on
+//! Redis Streams semantics (pending entries, XAUTOCLAIM, Lua atomicity, AOF
+//! replay after a crash) that a fake would have to re-implement and could get
+//! subtly wrong. The harness never touches the machine's shared instance on
+//! port 6379.
+//!
+//! - [`RedisServer`] owns one `redis-server` child and its data directory; it
+//!   can be killed with SIGKILL and restarted on the same port and directory, so
+//!   tests can check what survives a crash.
+//! - [`RedisCluster`] owns N cluster-mode masters joined with
+//!   `redis-cli --cluster create`.
+//!
+//! Every wait in here polls with a deadline and panics with the tail of the
+//! server's log, so a broken environment fails fast and explains itself
+//! instead of hanging the suite.
+
+mod cluster;
+mod server;
+mod support;
+
+pub use cluster::RedisCluster;
+pub use server::{RedisOptions, RedisServer};
