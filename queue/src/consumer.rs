@@ -20,8 +20,8 @@ use crate::connection::{Connection, is_missing_group, is_transient};
 use crate::keys::WORKER_GROUP;
 use crate::queue::{now_ms, unexpected_reply};
 use crate::{
-    EventKind, FailureCode, JobEvent, JobId, JobRequest, JobState, Queue, Result, backoff,
-    scripts, wire,
+    EventKind, FailureCode, JobEvent, JobId, JobRequest, JobState, Queue, Result, backoff, scripts,
+    wire,
 };
 
 /// Entries handled per reclaim or renewal round; far below Lua's `unpack` ceiling (about 8,000).
@@ -46,7 +46,9 @@ struct Held {
 impl Held {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JobId, watch::Sender<Signal>)>> {
         // A panic while holding this lock leaves a plain map behind: nothing to repair.
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn signal(&self, entry: &str, signal: Signal) {
@@ -80,7 +82,8 @@ impl Consumer {
     /// takes its own unfinished jobs back at once instead of after the lease.
     pub async fn new(queue: Queue, name: impl Into<String>) -> Result<Self> {
         let block = Duration::from_millis(queue.config.block_ms);
-        let blocking = crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
+        let blocking =
+            crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
         let held = Arc::new(Held::default());
         let name: Arc<str> = name.into().into();
         let lease_keeper = tokio::spawn(keep_leases(queue.clone(), name.clone(), held.clone()));
@@ -337,7 +340,11 @@ impl Consumer {
                 .await?;
             return Ok(None);
         }
-        if delivery.job.deadline_ms.is_some_and(|deadline| deadline <= now_ms()) {
+        if delivery
+            .job
+            .deadline_ms
+            .is_some_and(|deadline| deadline <= now_ms())
+        {
             delivery
                 .complete(EventKind::Failed {
                     code: FailureCode::DeadlineExceeded,
@@ -590,7 +597,12 @@ impl Delivery {
 
     /// Ends this attempt with a failure. When `retryable` and retries remain, the job waits out
     /// an exponential backoff with jitter and comes back; otherwise it fails for good.
-    pub async fn fail(self, code: FailureCode, message: String, retryable: bool) -> Result<Failure> {
+    pub async fn fail(
+        self,
+        code: FailureCode,
+        message: String,
+        retryable: bool,
+    ) -> Result<Failure> {
         let config = self.queue.config.clone();
         if !retryable || self.attempt >= config.max_retries {
             let message = if retryable {
@@ -697,5 +709,6 @@ fn raw_fields(entry: &StreamId) -> String {
 }
 
 fn raw_fields_of(delivery: &Delivery) -> String {
-    serde_json::json!({ "job": delivery.payload, "attempt": delivery.attempt.to_string() }).to_string()
+    serde_json::json!({ "job": delivery.payload, "attempt": delivery.attempt.to_string() })
+        .to_string()
 }

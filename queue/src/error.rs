@@ -9,11 +9,15 @@ pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 /// A message that cannot be read as this version of the contract.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ContractError {
-    #[error("The {what} message is version {found}, newer than this DUCKS understands (1). Upgrade DUCKS.")]
+    #[error(
+        "The {what} message is version {found}, newer than this DUCKS understands (1). Upgrade DUCKS."
+    )]
     NewerVersion { what: &'static str, found: u64 },
     #[error("The {what} message is malformed: {detail}.")]
     Malformed { what: &'static str, detail: String },
-    #[error("`{0}` is not a job id: use 1 to 40 lowercase letters, digits or '-', starting with a letter or digit.")]
+    #[error(
+        "`{0}` is not a job id: use 1 to 40 lowercase letters, digits or '-', starting with a letter or digit."
+    )]
     InvalidJobId(String),
 }
 
@@ -27,7 +31,9 @@ pub enum QueueError {
     PayloadTooLarge { size: usize, limit: usize },
     #[error("The queue is full ({backlog} jobs waiting). Try again in a few minutes.")]
     QueueFull { backlog: u64 },
-    #[error("You already have {in_flight} images in progress (the limit is {limit}). Wait for one to finish.")]
+    #[error(
+        "You already have {in_flight} images in progress (the limit is {limit}). Wait for one to finish."
+    )]
     TooManyInFlight { in_flight: u64, limit: u32 },
     #[error("You are asking too fast. Try again in {} s.", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },

@@ -22,11 +22,18 @@ pub struct JobEvent {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     /// Accepted; `position` jobs (this one included) were waiting to be taken when it was added.
-    Queued { position: u64 },
+    Queued {
+        position: u64,
+    },
     /// A worker took the job and is getting compute for it; `message` says what it waits for.
-    Starting { message: String },
+    Starting {
+        message: String,
+    },
     /// Denoising step `step` of `total` is done.
-    Progress { step: u32, total: u32 },
+    Progress {
+        step: u32,
+        total: u32,
+    },
     /// This attempt failed in a way a retry can fix; the job comes back after `retry_in_ms`.
     Retrying {
         attempt: u32,
@@ -123,5 +130,53 @@ impl FailureCode {
             FailureCode::Internal => "internal",
             FailureCode::Unknown => "unknown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    #[test]
+    fn events_have_a_flat_documented_shape() {
+        let event = JobEvent {
+            job_id: "job-1".parse().unwrap(),
+            at_ms: 1_700_000_000_000,
+            origin: Origin::Cli,
+            requester: Requester::default(),
+            kind: EventKind::Failed {
+                code: FailureCode::UnknownModel,
+                message: "No model `x`.".into(),
+                retryable: false,
+            },
+        };
+        let json: serde_json::Value = serde_json::from_str(&wire::encode(&event)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "v": 1, "job_id": "job-1", "at_ms": 1_700_000_000_000u64,
+                "origin": {"kind": "cli"}, "requester": {"id": "anonymous"},
+                "event": "failed", "code": "unknown_model", "message": "No model `x`.", "retryable": false
+            })
+        );
+        assert_eq!(
+            wire::decode::<JobEvent>("event", &json.to_string()).unwrap(),
+            event
+        );
+    }
+
+    #[test]
+    fn unknown_failure_codes_from_newer_workers_still_decode() {
+        let json = r#"{"v":1,"job_id":"a","at_ms":1,"origin":{"kind":"cli"},"requester":{"id":"x"},
+            "event":"failed","code":"gpu_on_fire","message":"m","retryable":true}"#;
+        let event: JobEvent = wire::decode("event", json).unwrap();
+        assert!(matches!(
+            event.kind,
+            EventKind::Failed {
+                code: FailureCode::Unknown,
+                ..
+            }
+        ));
     }
 }

@@ -31,7 +31,12 @@ pub struct EventReader {
 impl EventReader {
     /// Reads `origin_kind`'s events in consumer group `group` as `consumer`. The group is created
     /// at the start of the stream, so events written before the front end first ran are read too.
-    pub async fn new(queue: &Queue, origin_kind: &str, group: &str, consumer: &str) -> Result<Self> {
+    pub async fn new(
+        queue: &Queue,
+        origin_kind: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Self> {
         let block = Duration::from_millis(queue.config.block_ms);
         let blocking = retry_transient(|| queue.target.connect_blocking(block)).await?;
         let reader = Self {

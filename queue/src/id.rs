@@ -108,7 +108,14 @@ mod tests {
 
     #[test]
     fn rejects_ids_that_cannot_be_kubernetes_names() {
-        for bad in ["", "Upper", "has_underscore", "-leading", "a b", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "Upper",
+            "has_underscore",
+            "-leading",
+            "a b",
+            &"x".repeat(41),
+        ] {
             assert!(bad.parse::<JobId>().is_err(), "{bad:?} should be rejected");
         }
         for good in ["a", "0-x", "my-job-42"] {

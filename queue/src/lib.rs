@@ -40,5 +40,7 @@ pub use events::{EventEntry, EventReader};
 pub use id::JobId;
 pub use model::{ModelCatalogue, ModelInfo};
 pub use queue::{Cancelled, Queue, Submitted};
-pub use request::{JobRequest, Origin, Redacted, Requester, ValidationError, is_valid_model_id, limits};
+pub use request::{
+    JobRequest, Origin, Redacted, Requester, ValidationError, is_valid_model_id, limits,
+};
 pub use status::{JobState, JobStatus};

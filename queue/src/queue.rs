@@ -174,8 +174,16 @@ impl Queue {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        let word = |i: usize| reply.get(i).and_then(|v| String::from_redis_value(v.clone()).ok());
-        let number = |i: usize| reply.get(i).and_then(|v| i64::from_redis_value(v.clone()).ok());
+        let word = |i: usize| {
+            reply
+                .get(i)
+                .and_then(|v| String::from_redis_value(v.clone()).ok())
+        };
+        let number = |i: usize| {
+            reply
+                .get(i)
+                .and_then(|v| i64::from_redis_value(v.clone()).ok())
+        };
         match word(0).as_deref() {
             Some("queued") => Ok(Submitted::Queued {
                 id,
@@ -183,9 +191,7 @@ impl Queue {
             }),
             Some("duplicate") => {
                 let first = word(1).unwrap_or_default();
-                Ok(Submitted::Duplicate {
-                    id: first.parse()?,
-                })
+                Ok(Submitted::Duplicate { id: first.parse()? })
             }
             Some("full") => Err(QueueError::QueueFull {
                 backlog: number(1).unwrap_or(0).max(0) as u64,
@@ -238,9 +244,11 @@ impl Queue {
             "cancelled" => Ok(Cancelled::Cancelled),
             "requested" => Ok(Cancelled::Requested),
             "missing" => Err(QueueError::NotFound(id.to_string())),
-            state => JobState::parse(state)
+            other => other
+                .strip_prefix("ended:")
+                .and_then(JobState::parse)
                 .map(Cancelled::AlreadyEnded)
-                .ok_or_else(|| unexpected_reply("cancel", Some(state))),
+                .ok_or_else(|| unexpected_reply("cancel", Some(other))),
         }
     }
 
@@ -310,7 +318,10 @@ impl Queue {
     pub async fn models(&self) -> Result<ModelCatalogue> {
         let json: Option<String> = self
             .with_retry(|mut conn, keys| async move {
-                redis::cmd("GET").arg(keys.models()).query_async(&mut conn).await
+                redis::cmd("GET")
+                    .arg(keys.models())
+                    .query_async(&mut conn)
+                    .await
             })
             .await?;
         Ok(match json {

@@ -99,7 +99,10 @@ impl JobRequest {
         if self.prompt.trim().is_empty() {
             return fail("The prompt is empty: describe the image you want.".into());
         }
-        for (what, text) in [("prompt", &self.prompt), ("negative prompt", &self.negative_prompt)] {
+        for (what, text) in [
+            ("prompt", &self.prompt),
+            ("negative prompt", &self.negative_prompt),
+        ] {
             let chars = text.chars().count();
             if chars > MAX_PROMPT_CHARS {
                 return fail(format!(
@@ -127,12 +130,16 @@ impl JobRequest {
         if let Some(steps) = self.steps
             && !(1..=MAX_STEPS).contains(&steps)
         {
-            return fail(format!("{steps} steps is not allowed: use 1 to {MAX_STEPS}."));
+            return fail(format!(
+                "{steps} steps is not allowed: use 1 to {MAX_STEPS}."
+            ));
         }
         if let Some(guidance) = self.guidance
             && !(guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&guidance))
         {
-            return fail(format!("Guidance {guidance} is not allowed: use 0 to {MAX_GUIDANCE}."));
+            return fail(format!(
+                "Guidance {guidance} is not allowed: use 0 to {MAX_GUIDANCE}."
+            ));
         }
         if !(1..=MAX_IMAGES).contains(&self.count) {
             return fail(format!(
@@ -172,9 +179,9 @@ pub fn is_valid_model_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= limits::MAX_MODEL_ID_LEN
         && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// A request that breaks a limit. Its text is meant for the person who asked.
@@ -256,5 +263,204 @@ pub struct Redacted(pub String);
 impl fmt::Debug for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    fn request() -> JobRequest {
+        JobRequest::new("a duck in space", Origin::Cli)
+    }
+
+    /// Each case changes one field and expects `validate` to answer with exactly this text.
+    #[test]
+    fn validation_table() {
+        type Case = (&'static str, fn(&mut JobRequest), Option<&'static str>);
+        let cases: &[Case] = &[
+            ("defaults", |_| {}, None),
+            (
+                "empty prompt",
+                |r| r.prompt = "  ".into(),
+                Some("The prompt is empty: describe the image you want."),
+            ),
+            (
+                "long prompt",
+                |r| r.prompt = "x".repeat(1001),
+                Some("The prompt is 1001 characters long; the limit is 1000."),
+            ),
+            (
+                "long negative",
+                |r| r.negative_prompt = "y".repeat(1001),
+                Some("The negative prompt is 1001 characters long; the limit is 1000."),
+            ),
+            (
+                "bad model",
+                |r| r.model = Some("SD XL".into()),
+                Some(
+                    "`SD XL` is not a model id: use 1 to 64 lowercase letters, digits, '.', '_' or '-'.",
+                ),
+            ),
+            (
+                "good model",
+                |r| r.model = Some("sdxl-turbo_1.0".into()),
+                None,
+            ),
+            (
+                "width not multiple",
+                |r| r.width = Some(513),
+                Some("The width 513 is not allowed: use a multiple of 8 from 64 to 2048."),
+            ),
+            (
+                "height too small",
+                |r| r.height = Some(56),
+                Some("The height 56 is not allowed: use a multiple of 8 from 64 to 2048."),
+            ),
+            (
+                "height too big",
+                |r| r.height = Some(2056),
+                Some("The height 2056 is not allowed: use a multiple of 8 from 64 to 2048."),
+            ),
+            (
+                "size ok",
+                |r| {
+                    r.width = Some(1024);
+                    r.height = Some(64)
+                },
+                None,
+            ),
+            (
+                "zero steps",
+                |r| r.steps = Some(0),
+                Some("0 steps is not allowed: use 1 to 150."),
+            ),
+            (
+                "too many steps",
+                |r| r.steps = Some(151),
+                Some("151 steps is not allowed: use 1 to 150."),
+            ),
+            (
+                "nan guidance",
+                |r| r.guidance = Some(f32::NAN),
+                Some("Guidance NaN is not allowed: use 0 to 30."),
+            ),
+            (
+                "negative guidance",
+                |r| r.guidance = Some(-1.0),
+                Some("Guidance -1 is not allowed: use 0 to 30."),
+            ),
+            (
+                "zero images",
+                |r| r.count = 0,
+                Some("0 images is not allowed: ask for 1 to 4."),
+            ),
+            (
+                "five images",
+                |r| r.count = 5,
+                Some("5 images is not allowed: ask for 1 to 4."),
+            ),
+            (
+                "spacey idempotency key",
+                |r| r.idempotency_key = Some("a b".into()),
+                Some("The idempotency key must be 1 to 128 printable characters without spaces."),
+            ),
+            (
+                "empty requester",
+                |r| r.requester.id = String::new(),
+                Some("The requester id must be 1 to 128 characters without control characters."),
+            ),
+        ];
+        for (name, change, expect) in cases {
+            let mut r = request();
+            change(&mut r);
+            let got = r.validate().err().map(|e| e.to_string());
+            assert_eq!(got.as_deref(), *expect, "case {name}");
+        }
+    }
+
+    #[test]
+    fn round_trips_every_origin() {
+        let origins = [
+            Origin::Discord {
+                application_id: "1".into(),
+                interaction_token: Redacted("secret".into()),
+                channel_id: "2".into(),
+                guild_id: Some("3".into()),
+            },
+            Origin::Twitch {
+                channel: "ducks".into(),
+                message_id: Some("m".into()),
+            },
+            Origin::Api { client: None },
+            Origin::Cli,
+            Origin::Redis,
+        ];
+        for origin in origins {
+            let mut r = JobRequest::new("p", origin);
+            r.id = Some(crate::JobId::generate());
+            r.seed = Some(u64::MAX);
+            r.guidance = Some(7.5);
+            let json = wire::encode(&r);
+            assert_eq!(
+                wire::decode::<JobRequest>("job", &json).unwrap(),
+                r,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_minimal_hand_written_job_decodes_with_defaults() {
+        let r: JobRequest = wire::decode("job", r#"{"v":1,"prompt":"a duck"}"#).unwrap();
+        assert_eq!(r, JobRequest::new("a duck", Origin::Redis));
+        assert_eq!(r.requester_key(), "redis:anonymous");
+    }
+
+    #[test]
+    fn decoding_errors_name_the_problem() {
+        let table = [
+            (
+                r#"{"prompt":"a"}"#,
+                "The job message is malformed: missing field `v` (the message version, 1).",
+            ),
+            (
+                r#"{"v":2,"prompt":"a","new":true}"#,
+                "The job message is version 2, newer than this DUCKS understands (1). Upgrade DUCKS.",
+            ),
+            (
+                r#"{"v":1,"promt":"a"}"#,
+                "The job message is malformed: unknown field `promt`",
+            ),
+            (
+                r#"{"v":1,"prompt":"a","id":"Bad Id"}"#,
+                "The job message is malformed: `Bad Id` is not a job id",
+            ),
+            ("not json", "The job message is malformed: expected ident"),
+            (
+                "[1]",
+                "The job message is malformed: expected a JSON object.",
+            ),
+        ];
+        for (json, expect) in table {
+            let err = wire::decode::<JobRequest>("job", json)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expect), "{json}: got {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let origin = Origin::Discord {
+            application_id: "1".into(),
+            interaction_token: Redacted("very-secret-token".into()),
+            channel_id: "2".into(),
+            guild_id: None,
+        };
+        let debug = format!("{:?}", JobRequest::new("p", origin));
+        assert!(!debug.contains("very-secret-token"), "{debug}");
+        assert!(debug.contains("[redacted]"));
     }
 }

@@ -8,7 +8,10 @@ use redis::Script;
 macro_rules! script {
     ($name:ident, $file:literal) => {
         pub static $name: LazyLock<Script> = LazyLock::new(|| {
-            Script::new(concat!(include_str!("scripts/lib.lua"), include_str!($file)))
+            Script::new(concat!(
+                include_str!("scripts/lib.lua"),
+                include_str!($file)
+            ))
         });
     };
 }

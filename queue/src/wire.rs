@@ -36,8 +36,16 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, json: &str) -> Result<T, 
                 found: n.as_u64().unwrap_or_default(),
             });
         }
-        Some(other) => return Err(malformed(format!("field `v` must be {WIRE_VERSION}, found {other}"))),
-        None => return Err(malformed(format!("missing field `v` (the message version, {WIRE_VERSION})"))),
+        Some(other) => {
+            return Err(malformed(format!(
+                "field `v` must be {WIRE_VERSION}, found {other}"
+            )));
+        }
+        None => {
+            return Err(malformed(format!(
+                "missing field `v` (the message version, {WIRE_VERSION})"
+            )));
+        }
     }
     serde_json::from_value(value).map_err(|e| malformed(e.to_string()))
 }

@@ -122,7 +122,8 @@ impl RedisCluster {
         loop {
             let mut pending = Vec::new();
             for (node, con) in self.nodes.iter().zip(connections.iter_mut()) {
-                let info: Result<String, _> = redis::cmd("CLUSTER").arg("INFO").query_async(con).await;
+                let info: Result<String, _> =
+                    redis::cmd("CLUSTER").arg("INFO").query_async(con).await;
                 match info {
                     Ok(info) if converged(&info, self.nodes.len()) => {}
                     Ok(info) => pending.push(format!("node {}:\n{info}", node.port())),
@@ -147,7 +148,13 @@ impl RedisCluster {
     fn logs(&self) -> String {
         self.nodes
             .iter()
-            .map(|node| format!("--- redis.log of node {} ---\n{}", node.port(), node.log_tail()))
+            .map(|node| {
+                format!(
+                    "--- redis.log of node {} ---\n{}",
+                    node.port(),
+                    node.log_tail()
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -262,9 +262,9 @@ impl RedisServer {
             .append(true)
             .open(&stdio_path)
             .unwrap_or_else(|err| panic!("open {}: {err}", stdio_path.display()));
-        let stderr: File = stdout
-            .try_clone()
-            .unwrap_or_else(|err| panic!("duplicate the handle of {}: {err}", stdio_path.display()));
+        let stderr: File = stdout.try_clone().unwrap_or_else(|err| {
+            panic!("duplicate the handle of {}: {err}", stdio_path.display())
+        });
         let child = Command::new(&self.binary)
             .args(self.args())
             // A relative --logfile resolves against the working directory.

@@ -77,7 +77,9 @@ impl Deadline {
 pub(crate) fn tail_from(path: &Path, offset: u64) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
             let text = String::from_utf8_lossy(&bytes[start..]);
             let lines: Vec<&str> = text.lines().collect();
             let first = lines.len().saturating_sub(LOG_TAIL_LINES);

@@ -1,13 +1,13 @@
 -- Cancels a job that has not started; marks a running one so its worker stops it.
 -- KEYS: jobs, status, delayed, delayed_jobs, events, in_flight
 -- ARGV: group, job_id, event, events_maxlen, status_ttl_s
--- Returns 'missing', a terminal state, 'cancelled', or 'requested'.
+-- Returns 'missing', 'ended:<terminal state>', 'cancelled', or 'requested'.
 local jobs, status, delayed, delayed_jobs, events, in_flight =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local group, id = ARGV[1], ARGV[2]
 local state = redis.call('HGET', status, 'state')
 if not state then return 'missing' end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return state end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 'ended:' .. state end
 
 local function cancelled()
   add_event(events, ARGV[4], ARGV[3])

@@ -39,7 +39,10 @@ async fn aof_data_survives_kill_and_restart() {
     let mut server = RedisServer::start_with(RedisOptions { aof: true }).await;
     let port = server.port();
     let mut con = server.client().await;
-    let () = con.set("job:1", "queued").await.expect("SET before the crash");
+    let () = con
+        .set("job:1", "queued")
+        .await
+        .expect("SET before the crash");
     let id: String = con
         .xadd("jobs", "*", &[("prompt", "a duck")])
         .await
@@ -56,10 +59,8 @@ async fn aof_data_survives_kill_and_restart() {
     let mut con = server.client().await;
     let value: Option<String> = con.get("job:1").await.expect("GET after restart");
     assert_eq!(value.as_deref(), Some("queued"));
-    let entries: redis::streams::StreamRangeReply = con
-        .xrange_all("jobs")
-        .await
-        .expect("XRANGE after restart");
+    let entries: redis::streams::StreamRangeReply =
+        con.xrange_all("jobs").await.expect("XRANGE after restart");
     let ids: Vec<&str> = entries.ids.iter().map(|entry| entry.id.as_str()).collect();
     assert_eq!(ids, [id.as_str()]);
 }
@@ -75,6 +76,128 @@ async fn without_aof_a_restart_loses_everything() {
     let mut con = server.client().await;
     let value: Option<String> = con.get("k").await.expect("GET after restart");
     assert_eq!(value, None);
+}
+
+#[tokio::test]
+async fn restart_waits_until_its_port_is_free_again() {
+    // After a crash something else may hold the port for a moment; restart
+    // must keep trying the same port (clients know only that one) rather
+    // than fail at once or move elsewhere.
+    let mut server = RedisServer::start_with(RedisOptions { aof: true }).await;
+    let mut con = server.client().await;
+    let () = con.set("k", "v").await.expect("SET before the crash");
+    server.kill().await;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", server.port()))
+        .expect("bind the killed server's port to simulate another process on it");
+
+    let port = server.port();
+    let log = server.dir().join("redis.log");
+    let restart = tokio::spawn(async move {
+        server.restart().await;
+        server
+    });
+    // Release the port only once a restart attempt has failed on it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Address already in use") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed bind in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(squatter);
+
+    let server = restart.await.expect("restart task");
+    assert_eq!(server.port(), port);
+    let mut con = server.client().await;
+    let value: Option<String> = con.get("k").await.expect("GET after restart");
+    assert_eq!(value.as_deref(), Some("v"));
+}
+
+#[tokio::test]
+async fn restart_does_not_mistake_another_server_on_its_port_for_itself() {
+    // A stranger redis-server answers PING on the port too; readiness must
+    // check that the answer comes from our own process.
+    let mut server = RedisServer::start().await;
+    let port = server.port();
+    server.kill().await;
+    let stranger_dir = tempfile::tempdir().expect("temporary directory for the stranger");
+    let mut stranger = tokio::process::Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(stranger_dir.path())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn a stranger redis-server");
+    let stranger_pid = stranger.id().expect("the stranger is running");
+    // The stranger must own the port before the restart begins.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("stranger URL");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "stranger never served port {port}"
+        );
+        if let Ok(mut con) = client.get_multiplexed_async_connection().await
+            && let Ok(info) = redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut con)
+                .await
+            && info.contains(&format!("process_id:{stranger_pid}\r"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let log = server.dir().join("redis.log");
+    let restart = tokio::spawn(async move {
+        server.restart().await;
+        server
+    });
+    // Remove the stranger only once our own server has failed to bind.
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Address already in use")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failed bind in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stranger.kill().await.expect("kill the stranger");
+
+    let server = restart.await.expect("restart task");
+    assert_eq!(server.port(), port);
+    assert_ne!(server.pid(), Some(stranger_pid));
+    // The port is served by the process the harness owns.
+    let mut con = server.client().await;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await
+        .expect("INFO server after restart");
+    let served_by = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse::<u32>().ok());
+    assert_eq!(served_by, server.pid());
 }
 
 #[tokio::test]
