@@ -1,0 +1,19 @@
+//! `ducks cancel <id>`.
+
+use ducks_queue::{Cancelled, JobId, Queue};
+
+#[derive(clap::Args)]
+pub struct Args {
+    id: JobId,
+}
+
+pub async fn run(args: Args, queue: &Queue) -> Result<(), super::Error> {
+    match queue.cancel(&args.id).await? {
+        Cancelled::Cancelled => println!("Cancelled {}.", args.id),
+        Cancelled::Requested => println!("{} is running; its worker will stop it.", args.id),
+        Cancelled::AlreadyEnded(state) => {
+            println!("{} had already ended: {}.", args.id, state.as_str())
+        }
+    }
+    Ok(())
+}

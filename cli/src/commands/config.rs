@@ -1,0 +1,8 @@
+//! `ducks config`: the settings after every layer, to check what a deployment will use.
+
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings) -> Result<(), super::Error> {
+    println!("{settings:#?}");
+    Ok(())
+}

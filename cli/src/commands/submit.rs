@@ -1,0 +1,70 @@
+//! `ducks submit "prompt"`: queue a job from the command line.
+
+use ducks_queue::{JobRequest, Origin, Queue, Submitted};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// What to draw.
+    prompt: String,
+    /// Model id from the catalogue (default: the catalogue's default model).
+    #[arg(long)]
+    model: Option<String>,
+    /// What to keep out of the image.
+    #[arg(long, default_value = "")]
+    negative: String,
+    /// Image size as WIDTHxHEIGHT, e.g. 512x512.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    #[arg(long)]
+    steps: Option<u32>,
+    #[arg(long)]
+    guidance: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of images.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Submitting again with the same key returns the first job.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let parse = || {
+        let (w, h) = text.split_once(['x', 'X'])?;
+        Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+    };
+    parse().ok_or_else(|| format!("`{text}` is not a size: write WIDTHxHEIGHT, e.g. 512x512"))
+}
+
+pub async fn run(args: Args, queue: &Queue) -> Result<(), super::Error> {
+    let mut request = JobRequest::new(args.prompt, Origin::Cli);
+    request.model = args.model;
+    request.negative_prompt = args.negative;
+    request.width = args.size.map(|(w, _)| w);
+    request.height = args.size.map(|(_, h)| h);
+    request.steps = args.steps;
+    request.guidance = args.guidance;
+    request.seed = args.seed;
+    request.count = args.count;
+    request.idempotency_key = args.idempotency_key;
+    request.requester.id = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    match queue.submit(request).await? {
+        Submitted::Queued { id, position } => println!("Queued {id} (position {position})."),
+        Submitted::Duplicate { id } => println!("Already submitted as {id}."),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_or_explain() {
+        assert_eq!(super::parse_size("512x768"), Ok((512, 768)));
+        assert_eq!(super::parse_size("64X64"), Ok((64, 64)));
+        assert_eq!(
+            super::parse_size("big").unwrap_err(),
+            "`big` is not a size: write WIDTHxHEIGHT, e.g. 512x512"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Configuration: built-in defaults, then an optional `ducks.toml`, then `DUCKS_*` environment
+//! variables where `__` separates levels (`DUCKS_QUEUE__MAX_BACKLOG=500`). `.env` in the current
+//! directory is read first, for development.
+
+use std::path::Path;
+
+use config::{Config, Environment, File, FileFormat};
+use ducks_queue::{QueueConfig, RedisTarget};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Everything `ducks` can be configured with. `.env.example` lists every key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub queue: QueueConfig,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/[db]`; for a cluster, seed node URLs separated by commas.
+    /// Secret, because it may carry a password.
+    pub url: SecretString,
+    /// Talk to a Redis Cluster instead of a single server.
+    pub cluster: bool,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379/"),
+            cluster: false,
+        }
+    }
+}
+
+impl RedisSettings {
+    pub fn target(&self) -> RedisTarget {
+        let url = self.url.expose_secret();
+        if self.cluster {
+            RedisTarget::Cluster(url.split(',').map(|u| u.trim().to_owned()).collect())
+        } else {
+            RedisTarget::Single(url.to_owned())
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`. The level comes from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
+}
+
+/// A configuration problem, worded to name the key and what it expected.
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid configuration: {0}. See .env.example for every key and its format.")]
+pub struct SettingsError(String);
+
+impl Settings {
+    /// Loads the layers. `file` defaults to `ducks.toml` in the current directory, if present.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        // A missing .env is normal; a malformed one is worth knowing about.
+        if let Err(e) = dotenvy::dotenv()
+            && !e.not_found()
+        {
+            return Err(SettingsError(format!(".env could not be read ({e})")));
+        }
+        Self::from_sources(file, std::env::vars())
+    }
+
+    /// The layering itself, with the environment passed in so tests need not touch the process's.
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let file_source = match file {
+            Some(path) => File::from(path).format(FileFormat::Toml).required(true),
+            None => File::new("ducks", FileFormat::Toml).required(false),
+        };
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("DUCKS_"))
+            .collect();
+        Config::builder()
+            .add_source(file_source)
+            .add_source(
+                Environment::with_prefix("DUCKS")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(env)),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>())
+            .map_err(|e| SettingsError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::from_sources(None, env)
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let settings = load(&[]).unwrap();
+        assert_eq!(settings.queue, QueueConfig::default());
+        assert!(
+            matches!(settings.redis.target(), RedisTarget::Single(url) if url == "redis://127.0.0.1:6379/")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscore_nesting() {
+        let settings = load(&[
+            ("DUCKS_QUEUE__MAX_BACKLOG", "500"),
+            ("DUCKS_QUEUE__PER_REQUESTER_IN_FLIGHT", "1"),
+            ("DUCKS_REDIS__URL", "redis://a:1/,redis://b:2/"),
+            ("DUCKS_REDIS__CLUSTER", "true"),
+            ("DUCKS_LOG__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(settings.queue.max_backlog, 500);
+        assert_eq!(settings.queue.per_requester_in_flight, 1);
+        assert_eq!(settings.log.format, LogFormat::Json);
+        assert!(
+            matches!(settings.redis.target(), RedisTarget::Cluster(urls) if urls == ["redis://a:1/", "redis://b:2/"])
+        );
+    }
+
+    #[test]
+    fn a_file_is_a_layer_under_the_environment() {
+        let dir = std::env::temp_dir().join(format!("ducks-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ducks.toml");
+        std::fs::write(&file, "[queue]\nmax_backlog = 7\nlease_ms = 9000\n").unwrap();
+        let env = [("DUCKS_QUEUE__LEASE_MS".to_string(), "1234".to_string())];
+        let settings = Settings::from_sources(Some(&file), env).unwrap();
+        assert_eq!(
+            (settings.queue.max_backlog, settings.queue.lease_ms),
+            (7, 1234)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_was_expected() {
+        let err = load(&[("DUCKS_QUEUE__MAX_BACKLOG", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.max_backlog"), "{err}");
+        assert!(err.contains("lots"), "{err}");
+        let err = load(&[("DUCKS_QUEUE__MAX_BACKLGO", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_backlgo"), "{err}");
+        let err = load(&[("DUCKS_LOG__FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let settings = load(&[("DUCKS_REDIS__URL", "redis://:hunter2@db:6379/")]).unwrap();
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+}
