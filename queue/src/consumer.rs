@@ -6,13 +6,12 @@
 //! renews the lease of every job it holds, so a live worker's long job is never taken over.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::streams::{StreamClaimReply, StreamId, StreamReadReply};
 use redis::{FromRedisValue, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -24,7 +23,8 @@ use crate::{
     wire,
 };
 
-/// Entries handled per reclaim or renewal round; far below Lua's `unpack` ceiling (about 8,000).
+/// Entries handled per reclaim, renewal or completion round; far below Lua's `unpack` ceiling
+/// (about 8,000 values).
 const BATCH: usize = 500;
 
 /// What a held job's worker should know between its own calls.
@@ -62,19 +62,15 @@ pub struct Consumer {
     queue: Queue,
     name: Arc<str>,
     blocking: Connection,
+    /// Shared with every delivery; the lease keeper runs while any of them lives, so jobs still
+    /// running when the consumer is dropped (graceful shutdown) keep their leases.
     held: Arc<Held>,
-    lease_keeper: JoinHandle<()>,
+    finisher: mpsc::UnboundedSender<Finish>,
     /// Own pending entries are taken back at start and after any failed read (its reply may have
     /// been lost after Redis had already delivered the entries).
     check_own_pending: bool,
     next_reclaim: Instant,
     next_promote: Instant,
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.lease_keeper.abort();
-    }
 }
 
 impl Consumer {
@@ -86,14 +82,16 @@ impl Consumer {
             crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
         let held = Arc::new(Held::default());
         let name: Arc<str> = name.into().into();
-        let lease_keeper = tokio::spawn(keep_leases(queue.clone(), name.clone(), held.clone()));
+        tokio::spawn(keep_leases(queue.clone(), name.clone(), Arc::downgrade(&held)));
+        let (finisher, finishes) = mpsc::unbounded_channel();
+        tokio::spawn(finish_in_batches(queue.clone(), name.clone(), finishes));
         let now = Instant::now();
         Ok(Self {
             queue,
             name,
             blocking,
             held,
-            lease_keeper,
+            finisher,
             check_own_pending: true,
             next_reclaim: now,
             next_promote: now,
@@ -311,6 +309,7 @@ impl Consumer {
             queue: self.queue.clone(),
             consumer: self.name.clone(),
             held: self.held.clone(),
+            finisher: self.finisher.clone(),
             signal,
         };
         let config = &self.queue.config;
@@ -403,12 +402,14 @@ impl Consumer {
 
 /// Renews the leases of held jobs every third of the lease, and tells their workers about
 /// cancel requests and lost leases.
-async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Arc<Held>) {
+async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>) {
     let period = Duration::from_millis((queue.config.lease_ms / 3).max(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // Gone once the consumer and all its deliveries are: a killed worker renews nothing.
+        let Some(held) = held.upgrade() else { return };
         let snapshot: Vec<(String, JobId)> = held
             .lock()
             .iter()
@@ -440,6 +441,80 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Arc<Held>) {
                     }
                 }
                 Err(e) => warn!(message = "Renewing job leases failed.", error = %e),
+            }
+        }
+    }
+}
+
+/// A terminal write waiting for the finisher's next batch.
+struct Finish {
+    entry: String,
+    status: String,
+    events: String,
+    in_flight: String,
+    job_id: String,
+    state: JobState,
+    event: String,
+    payload: String,
+    reply: oneshot::Sender<Result<Completion>>,
+}
+
+/// Writes terminal events in batches: whatever arrived while the previous call was in flight goes
+/// in the next one. An idle worker pays no delay (a lone request goes at once); a busy one pays one
+/// round trip and one script call for many jobs.
+async fn finish_in_batches(
+    queue: Queue,
+    consumer: Arc<str>,
+    mut requests: mpsc::UnboundedReceiver<Finish>,
+) {
+    let track_in_flight = u8::from(queue.config.per_requester_in_flight > 0);
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match requests.try_recv() {
+                Ok(finish) => batch.push(finish),
+                Err(_) => break,
+            }
+        }
+        let replies: redis::RedisResult<Vec<String>> = queue
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::COMPLETE.prepare_invoke();
+                invocation
+                    .key(keys.jobs())
+                    .arg(WORKER_GROUP)
+                    .arg(&*consumer)
+                    .arg(queue.config.events_max_len)
+                    .arg(queue.config.status_ttl_secs)
+                    .arg(track_in_flight);
+                for f in &batch {
+                    invocation.key(&f.status).key(&f.events).key(&f.in_flight);
+                    invocation
+                        .arg(&f.entry)
+                        .arg(&f.job_id)
+                        .arg(f.state.as_str())
+                        .arg(&f.event)
+                        .arg(&f.payload);
+                }
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await;
+        match replies {
+            Ok(replies) if replies.len() == batch.len() => {
+                for (finish, reply) in batch.into_iter().zip(replies) {
+                    let _ = finish.reply.send(completion(&reply));
+                }
+            }
+            Ok(replies) => {
+                let error = unexpected_reply("complete", Some(&format!("{} replies", replies.len())));
+                let message = error.to_string();
+                for finish in batch {
+                    let _ = finish.reply.send(Err(unexpected_reply("complete", Some(&message))));
+                }
+            }
+            Err(e) => {
+                for finish in batch {
+                    let _ = finish.reply.send(Err(e.clone().into()));
+                }
             }
         }
     }
@@ -480,6 +555,7 @@ pub struct Delivery {
     queue: Queue,
     consumer: Arc<str>,
     held: Arc<Held>,
+    finisher: mpsc::UnboundedSender<Finish>,
     signal: watch::Receiver<Signal>,
 }
 
@@ -569,30 +645,24 @@ impl Delivery {
             EventKind::Cancelled => JobState::Cancelled,
             other => panic!("complete() takes a terminal event, not {other:?}"),
         };
-        let event = self.event(kind);
-        let config = &self.queue.config;
-        let reply: String = self
-            .queue
-            .with_retry(|mut conn, keys| {
-                let mut invocation = scripts::COMPLETE.prepare_invoke();
-                invocation
-                    .key(keys.jobs())
-                    .key(keys.status(&self.id))
-                    .key(keys.events(self.job.origin.kind()))
-                    .key(keys.in_flight(&self.job.requester_key()))
-                    .arg(WORKER_GROUP)
-                    .arg(&*self.consumer)
-                    .arg(&self.entry_id)
-                    .arg(self.id.as_str())
-                    .arg(state.as_str())
-                    .arg(&event)
-                    .arg(config.events_max_len)
-                    .arg(config.status_ttl_secs)
-                    .arg(&self.payload);
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
-        completion(&reply)
+        let (reply, result) = oneshot::channel();
+        let finish = Finish {
+            entry: self.entry_id.clone(),
+            status: self.queue.keys.status(&self.id),
+            events: self.queue.keys.events(self.job.origin.kind()),
+            in_flight: self.queue.keys.in_flight(&self.job.requester_key()),
+            job_id: self.id.to_string(),
+            state,
+            event: self.event(kind),
+            payload: self.payload.clone(),
+            reply,
+        };
+        if self.finisher.send(finish).is_err() {
+            unreachable!("the finisher runs while any delivery holds its sender");
+        }
+        result
+            .await
+            .unwrap_or_else(|_| unreachable!("the finisher answers every request"))
     }
 
     /// Ends this attempt with a failure. When `retryable` and retries remain, the job waits out

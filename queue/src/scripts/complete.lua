@@ -1,16 +1,27 @@
--- Writes a job's terminal event, then acknowledges and deletes its entry: all or nothing.
--- KEYS: jobs, status, events, in_flight
--- ARGV: group, consumer, entry, job_id, state, event, events_maxlen, status_ttl_s, payload
-local jobs, status, events, in_flight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local group, consumer, entry = ARGV[1], ARGV[2], ARGV[3]
-local owner = ownership(jobs, group, entry, consumer, status)
-if owner ~= 'mine' then return owner end
-add_event(events, ARGV[7], ARGV[6])
-redis.call('HSET', status, 'state', ARGV[5], 'last_event', ARGV[6], 'updated_ms', now_ms())
--- Jobs added by a raw client have no status yet.
-redis.call('HSETNX', status, 'request', ARGV[9])
-redis.call('HSETNX', status, 'entry', entry)
-redis.call('EXPIRE', status, tonumber(ARGV[8]))
-redis.call('ZREM', in_flight, ARGV[4])
-ack_delete(jobs, group, entry)
-return 'done'
+-- Writes terminal events, then acknowledges and deletes the entries: per job, all or nothing.
+-- Many jobs go in one call, so a busy worker pays one round trip for a whole batch.
+-- KEYS: jobs, then per job: status, events, in_flight
+-- ARGV: group, consumer, events_maxlen, status_ttl_s, track_in_flight (0/1),
+--       then per job: entry, job_id, state, event, payload
+-- Returns per job 'done', 'finished' or 'lost' (see `ownership`).
+local jobs, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local maxlen, ttl, track = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+local now = now_ms()
+local results = {}
+for j = 0, (#KEYS - 1) / 3 - 1 do
+  local status, events, in_flight = KEYS[2 + 3 * j], KEYS[3 + 3 * j], KEYS[4 + 3 * j]
+  local entry, id, state, event, payload =
+    ARGV[6 + 5 * j], ARGV[7 + 5 * j], ARGV[8 + 5 * j], ARGV[9 + 5 * j], ARGV[10 + 5 * j]
+  local owner = ownership(jobs, group, entry, consumer, status)
+  if owner == 'mine' then
+    add_event(events, maxlen, event)
+    -- `request` and `entry` matter for jobs added by a raw client, which have no status yet.
+    redis.call('HSET', status, 'state', state, 'last_event', event, 'updated_ms', now,
+      'request', payload, 'entry', entry)
+    redis.call('EXPIRE', status, ttl)
+    if track then redis.call('ZREM', in_flight, id) end
+    ack_delete(jobs, group, entry)
+  end
+  table.insert(results, owner == 'mine' and 'done' or owner)
+end
+return results

@@ -1,0 +1,22 @@
+# The two commands a newcomer needs are `make test` and (from the worker issue on) `make demo`.
+# Each installs what a fresh machine lacks first (scripts/ensure-tools).
+
+CARGO ?= cargo
+
+.PHONY: test lint bench-queue
+
+## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
+test:
+	@scripts/ensure-tools redis
+	$(CARGO) test --workspace --locked
+
+## What CI's reviewers also expect to be clean.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## The queue benchmark, DUCKS beside BullMQ on one redis-server (see BENCHMARKS.md).
+bench-queue:
+	@scripts/ensure-tools redis node
+	@[ -d bench/bullmq/node_modules ] || npm ci --prefix bench/bullmq --no-audit --no-fund
+	$(CARGO) bench -p ducks-tests --bench queue --locked
