@@ -93,7 +93,8 @@ impl Settings {
         };
         let env: config::Map<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("DUCKS_"))
+            // DUCKS_CONFIG names the file (read by the argument parser), not a setting.
+            .filter(|(k, _)| k.starts_with("DUCKS_") && k != "DUCKS_CONFIG")
             .collect();
         Config::builder()
             .add_source(file_source)
@@ -175,6 +176,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("xml"), "{err}");
+    }
+
+    /// `.env.example` must name every key, with values that load.
+    #[test]
+    fn env_example_lists_every_key_and_loads() {
+        let example = include_str!("../../.env.example");
+        let pairs: Vec<(String, String)> = example
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("DUCKS_") && !k.contains(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let queue_keys = serde_json::to_value(QueueConfig::default()).unwrap();
+        let mut expected: Vec<String> = queue_keys
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| format!("DUCKS_QUEUE__{}", k.to_uppercase()))
+            .collect();
+        expected.extend(
+            [
+                "DUCKS_REDIS__URL",
+                "DUCKS_REDIS__CLUSTER",
+                "DUCKS_LOG__FORMAT",
+                "DUCKS_CONFIG",
+            ]
+            .map(String::from),
+        );
+        for key in &expected {
+            assert!(
+                pairs.iter().any(|(k, _)| k == key),
+                ".env.example lacks {key}"
+            );
+        }
+        let settings = Settings::from_sources(None, pairs).expect(".env.example loads");
+        assert_eq!(
+            settings.queue,
+            QueueConfig::default(),
+            ".env.example shows the defaults"
+        );
     }
 
     #[test]

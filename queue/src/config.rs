@@ -1,8 +1,8 @@
 //! Queue settings. Durations are whole milliseconds or seconds so they read well in environment variables.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Name inside the hash tag of every key; queues with different names are independent.

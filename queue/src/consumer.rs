@@ -82,7 +82,11 @@ impl Consumer {
             crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
         let held = Arc::new(Held::default());
         let name: Arc<str> = name.into().into();
-        tokio::spawn(keep_leases(queue.clone(), name.clone(), Arc::downgrade(&held)));
+        tokio::spawn(keep_leases(
+            queue.clone(),
+            name.clone(),
+            Arc::downgrade(&held),
+        ));
         let (finisher, finishes) = mpsc::unbounded_channel();
         tokio::spawn(finish_in_batches(queue.clone(), name.clone(), finishes));
         let now = Instant::now();
@@ -505,10 +509,13 @@ async fn finish_in_batches(
                 }
             }
             Ok(replies) => {
-                let error = unexpected_reply("complete", Some(&format!("{} replies", replies.len())));
+                let error =
+                    unexpected_reply("complete", Some(&format!("{} replies", replies.len())));
                 let message = error.to_string();
                 for finish in batch {
-                    let _ = finish.reply.send(Err(unexpected_reply("complete", Some(&message))));
+                    let _ = finish
+                        .reply
+                        .send(Err(unexpected_reply("complete", Some(&message))));
                 }
             }
             Err(e) => {

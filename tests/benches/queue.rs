@@ -44,16 +44,23 @@ fn config() -> QueueConfig {
 fn job(i: usize) -> JobRequest {
     let mut job = JobRequest::new(format!("{i:08} "), Origin::Api { client: None });
     let base = ducks_queue::wire::encode(&job).len();
-    job.prompt.push_str(&"d".repeat(PAYLOAD_BYTES.saturating_sub(base + 60)));
+    job.prompt
+        .push_str(&"d".repeat(PAYLOAD_BYTES.saturating_sub(base + 60)));
     job
 }
 
 fn succeeded() -> EventKind {
-    EventKind::Succeeded { images: Vec::new(), timings: Timings::default() }
+    EventKind::Succeeded {
+        images: Vec::new(),
+        timings: Timings::default(),
+    }
 }
 
 async fn flush(redis: &RedisServer) {
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut redis.client().await).await.unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis.client().await)
+        .await
+        .unwrap();
 }
 
 async fn preload(queue: &Queue, n: usize) {
@@ -137,7 +144,11 @@ async fn latency(queue: &Queue) -> (f64, f64) {
 }
 
 async fn used_memory(redis: &RedisServer) -> f64 {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut redis.client().await).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut redis.client().await)
+        .await
+        .unwrap();
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -152,6 +163,9 @@ async fn memory_per_job(redis: &RedisServer, queue: &Queue) -> f64 {
 
 /// Runs one BullMQ scenario and returns the JSON object it prints last.
 fn bullmq(redis: &RedisServer, args: &[&str]) -> serde_json::Value {
+    if std::env::var_os("DUCKS_BENCH_NO_PEER").is_some() {
+        return serde_json::json!({"jobs_per_sec": f64::NAN, "p50_ms": f64::NAN, "p99_ms": f64::NAN, "bytes_per_job": f64::NAN});
+    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/bullmq/bench.mjs");
     let output = Command::new("node")
         .arg(script)
@@ -168,12 +182,17 @@ fn bullmq(redis: &RedisServer, args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    assert!(value.get("error").is_none(), "BullMQ {args:?} failed: {value}");
+    assert!(
+        value.get("error").is_none(),
+        "BullMQ {args:?} failed: {value}"
+    );
     value
 }
 
 fn field(value: &serde_json::Value, name: &str) -> f64 {
-    value[name].as_f64().unwrap_or_else(|| panic!("no `{name}` in {value}"))
+    value[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no `{name}` in {value}"))
 }
 
 struct Row {
@@ -183,49 +202,137 @@ struct Row {
     bullmq: f64,
 }
 
+/// `cargo bench -p ducks-tests --bench queue -- drain` runs only the scenarios named so.
+fn selected(scenario: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| scenario.contains(f.as_str()))
+}
+
 #[tokio::main]
 async fn main() {
     let redis = RedisServer::start().await;
     let mut rows = Vec::new();
     let mut row = |what: String, unit, ducks, bullmq| {
         eprintln!("{what}: DUCKS {ducks:.1}, BullMQ {bullmq:.1} {unit}");
-        rows.push(Row { what, unit, ducks, bullmq });
+        rows.push(Row {
+            what,
+            unit,
+            ducks,
+            bullmq,
+        });
     };
 
     for concurrency in [1, 10, 100] {
+        if !selected(&format!("drain{concurrency}")) {
+            continue;
+        }
         flush(&redis).await;
-        let queue = Queue::connect(RedisTarget::Single(redis.url()), config()).await.unwrap();
+        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
+            .await
+            .unwrap();
         preload(&queue, DRAIN_JOBS).await;
         let ducks = drain(&queue, DRAIN_JOBS, concurrency).await;
-        let peer = bullmq(&redis, &["drain", "--jobs", &DRAIN_JOBS.to_string(), "--concurrency", &concurrency.to_string()]);
-        row(format!("drain {DRAIN_JOBS} jobs, concurrency {concurrency}"), "jobs/s", ducks, field(&peer, "jobs_per_sec"));
+        let peer = bullmq(
+            &redis,
+            &[
+                "drain",
+                "--jobs",
+                &DRAIN_JOBS.to_string(),
+                "--concurrency",
+                &concurrency.to_string(),
+            ],
+        );
+        row(
+            format!("drain {DRAIN_JOBS} jobs, concurrency {concurrency}"),
+            "jobs/s",
+            ducks,
+            field(&peer, "jobs_per_sec"),
+        );
     }
     for batch in [1, BATCH] {
+        if !selected("submit") {
+            continue;
+        }
         flush(&redis).await;
-        let queue = Queue::connect(RedisTarget::Single(redis.url()), config()).await.unwrap();
+        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
+            .await
+            .unwrap();
         let ducks = submit_rate(&queue, SUBMIT_JOBS, batch).await;
-        let peer = bullmq(&redis, &["submit", "--jobs", &SUBMIT_JOBS.to_string(), "--batch", &batch.to_string()]);
-        row(format!("submit, {batch} at a time"), "jobs/s", ducks, field(&peer, "jobs_per_sec"));
+        let peer = bullmq(
+            &redis,
+            &[
+                "submit",
+                "--jobs",
+                &SUBMIT_JOBS.to_string(),
+                "--batch",
+                &batch.to_string(),
+            ],
+        );
+        row(
+            format!("submit, {batch} at a time"),
+            "jobs/s",
+            ducks,
+            field(&peer, "jobs_per_sec"),
+        );
     }
-    flush(&redis).await;
-    let queue = Queue::connect(RedisTarget::Single(redis.url()), config()).await.unwrap();
-    let (p50, p99) = latency(&queue).await;
-    let peer = bullmq(&redis, &["latency", "--rate", &LATENCY_RATE.to_string(), "--seconds", &LATENCY_SECONDS.to_string()]);
-    row(format!("submit-to-dequeue p50 at {LATENCY_RATE} jobs/s"), "ms", p50, field(&peer, "p50_ms"));
-    row(format!("submit-to-dequeue p99 at {LATENCY_RATE} jobs/s"), "ms", p99, field(&peer, "p99_ms"));
+    if selected("latency") {
+        flush(&redis).await;
+        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
+            .await
+            .unwrap();
+        let (p50, p99) = latency(&queue).await;
+        let peer = bullmq(
+            &redis,
+            &[
+                "latency",
+                "--rate",
+                &LATENCY_RATE.to_string(),
+                "--seconds",
+                &LATENCY_SECONDS.to_string(),
+            ],
+        );
+        row(
+            format!("submit-to-dequeue p50 at {LATENCY_RATE} jobs/s"),
+            "ms",
+            p50,
+            field(&peer, "p50_ms"),
+        );
+        row(
+            format!("submit-to-dequeue p99 at {LATENCY_RATE} jobs/s"),
+            "ms",
+            p99,
+            field(&peer, "p99_ms"),
+        );
+    }
 
-    flush(&redis).await;
-    let queue = Queue::connect(RedisTarget::Single(redis.url()), config()).await.unwrap();
-    let ducks = memory_per_job(&redis, &queue).await;
-    let peer = bullmq(&redis, &["memory", "--jobs", &MEMORY_JOBS.to_string()]);
-    row("memory per waiting job".into(), "bytes", ducks, field(&peer, "bytes_per_job"));
+    if selected("memory") {
+        flush(&redis).await;
+        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
+            .await
+            .unwrap();
+        let ducks = memory_per_job(&redis, &queue).await;
+        let peer = bullmq(&redis, &["memory", "--jobs", &MEMORY_JOBS.to_string()]);
+        row(
+            "memory per waiting job".into(),
+            "bytes",
+            ducks,
+            field(&peer, "bytes_per_job"),
+        );
+    }
 
     println!("| scenario | unit | DUCKS | BullMQ | DUCKS/BullMQ |");
     println!("|---|---|---:|---:|---:|");
     for r in rows {
         println!(
             "| {} | {} | {:.1} | {:.1} | {:.2}× |",
-            r.what, r.unit, r.ducks, r.bullmq, r.ducks / r.bullmq
+            r.what,
+            r.unit,
+            r.ducks,
+            r.bullmq,
+            r.ducks / r.bullmq
         );
     }
 }

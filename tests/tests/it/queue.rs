@@ -772,3 +772,51 @@ async fn the_queue_runs_on_a_three_node_redis_cluster() {
         assert_eq!(terminals(&events[id]).len(), 1);
     }
 }
+
+/// The redis-cli lines of docs/job-contract.md, run as written (with the test server's port).
+#[tokio::test]
+async fn the_documented_redis_cli_lines_submit_a_job_and_read_its_events() {
+    let redis = RedisServer::start().await;
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/job-contract.md"
+    ))
+    .expect("docs/job-contract.md");
+    let lines: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("redis-cli "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "create group, add a job, read events: {lines:?}"
+    );
+    let run = |line: &str| {
+        let line = line.replacen("redis-cli ", &format!("redis-cli -p {} ", redis.port()), 1);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .expect("run redis-cli");
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(lines[0]);
+    run(lines[1]);
+    let queue = queue_on(&redis, config()).await;
+    let mut consumer = Consumer::new(queue.clone(), "w").await.unwrap();
+    let delivery = take(&mut consumer, 1, SECONDS_10).await.pop().unwrap();
+    assert_eq!(delivery.id.as_str(), "my-first-duck");
+    assert_eq!(
+        (delivery.job.width, delivery.job.height, delivery.job.seed),
+        (Some(512), Some(512), Some(42))
+    );
+    delivery.complete(succeeded()).await.unwrap();
+    let events = run(lines[2]);
+    assert!(events.contains("\"job_id\":\"my-first-duck\""), "{events}");
+    assert!(events.contains("\"event\":\"succeeded\""), "{events}");
+}
