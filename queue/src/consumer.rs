@@ -293,12 +293,17 @@ impl Consumer {
                 return Ok(None);
             }
         };
-        let id = match &job.id {
-            Some(id) => id.clone(),
-            None => JobId::from_entry_id(&entry.id)
-                .ok_or_else(|| unexpected_reply("XREADGROUP", Some(&entry.id)))?,
+        // A job from a raw client gets its id from the entry; the payload is rewritten to hold
+        // it, so a retry or a status read sees the same id.
+        let (id, payload) = match &job.id {
+            Some(id) => (id.clone(), payload),
+            None => {
+                let id = JobId::from_entry_id(&entry.id)
+                    .ok_or_else(|| unexpected_reply("XREADGROUP", Some(&entry.id)))?;
+                job.id = Some(id.clone());
+                (id, wire::encode(&job))
+            }
         };
-        job.id = Some(id.clone());
         let (signal_tx, signal) = watch::channel(Signal::Running);
         self.held
             .lock()
@@ -308,7 +313,7 @@ impl Consumer {
             entry_id: entry.id,
             attempt,
             deliveries,
-            payload: wire::encode(&job),
+            payload,
             job,
             queue: self.queue.clone(),
             consumer: self.name.clone(),
@@ -369,15 +374,16 @@ impl Consumer {
     ) -> Result<()> {
         let queue = &self.queue;
         let dlq = queue.keys.dead_letters();
-        let (status, events, in_flight, event, job_id) = match &job {
+        let (status, events, in_flight, event, job_id, payload) = match &job {
             Some((delivery, event)) => (
                 queue.keys.status(&delivery.id),
                 queue.keys.events(delivery.job.origin.kind()),
                 queue.keys.in_flight(&delivery.job.requester_key()),
                 event.as_str(),
                 delivery.id.as_str(),
+                delivery.payload.as_str(),
             ),
-            None => (dlq.clone(), dlq.clone(), dlq.clone(), "", ""),
+            None => (dlq.clone(), dlq.clone(), dlq.clone(), "", "", ""),
         };
         let _: String = queue
             .with_retry(|mut conn, keys| {
@@ -396,7 +402,8 @@ impl Consumer {
                     .arg(queue.config.events_max_len)
                     .arg(event)
                     .arg(job_id)
-                    .arg(queue.config.status_ttl_secs);
+                    .arg(queue.config.status_ttl_secs)
+                    .arg(payload);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -627,8 +634,7 @@ impl Delivery {
                     .arg(&self.entry_id)
                     .arg(&event)
                     .arg(config.events_max_len)
-                    .arg(config.status_ttl_secs)
-                    .arg(&self.payload);
+                    .arg(config.status_ttl_secs);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;

@@ -18,8 +18,9 @@ use crate::{
 /// How long an operation keeps retrying through connection trouble (a Redis restart, a failover).
 const RETRY_BUDGET: Duration = Duration::from_secs(30);
 
-/// The status script's reply: the hash fields, whether a worker holds the job, its position.
-type StatusReply = (Vec<(String, String)>, i64, i64);
+/// The status script's reply: the hash fields, whether a worker holds the job, its position, and
+/// the request (absent only if the job vanished between its hash and its entry).
+type StatusReply = (Vec<(String, String)>, i64, i64, Option<String>);
 
 /// What `submit` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,6 +222,7 @@ impl Queue {
             kind: EventKind::Cancelled,
         });
         let requester = request.requester_key();
+        let payload = wire::encode(&request);
         let config = &self.config;
         let reply: String = self
             .with_retry(|mut conn, keys| {
@@ -236,7 +238,8 @@ impl Queue {
                     .arg(id.as_str())
                     .arg(&event)
                     .arg(config.events_max_len)
-                    .arg(config.status_ttl_secs);
+                    .arg(config.status_ttl_secs)
+                    .arg(&payload);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -264,7 +267,7 @@ impl Queue {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        let Some((fields, held, position)) = reply else {
+        let Some((fields, held, position, request)) = reply else {
             return Err(QueueError::NotFound(id.to_string()));
         };
         let field = |name: &str| {
@@ -280,7 +283,10 @@ impl Queue {
         if state == JobState::Queued && held == 1 {
             state = JobState::Running;
         }
-        let request: JobRequest = wire::decode("job", field("request").unwrap_or_default())?;
+        let request: JobRequest = match request {
+            Some(json) => wire::decode("job", &json)?,
+            None => return Err(QueueError::NotFound(id.to_string())),
+        };
         let last_event = field("last_event")
             .map(|event| wire::decode("event", event))
             .transpose()?;

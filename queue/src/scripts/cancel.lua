@@ -1,6 +1,6 @@
 -- Cancels a job that has not started; marks a running one so its worker stops it.
 -- KEYS: jobs, status, delayed, delayed_jobs, events, in_flight
--- ARGV: group, job_id, event, events_maxlen, status_ttl_s
+-- ARGV: group, job_id, event, events_maxlen, status_ttl_s, payload (kept: the entry goes away)
 -- Returns 'missing', 'ended:<terminal state>', 'cancelled', or 'requested'.
 local jobs, status, delayed, delayed_jobs, events, in_flight =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -11,7 +11,8 @@ if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return
 
 local function cancelled()
   add_event(events, ARGV[4], ARGV[3])
-  redis.call('HSET', status, 'state', 'cancelled', 'last_event', ARGV[3], 'updated_ms', now_ms())
+  redis.call('HSET', status, 'state', 'cancelled', 'last_event', ARGV[3], 'updated_ms', now_ms(),
+    'request', ARGV[6])
   redis.call('EXPIRE', status, tonumber(ARGV[5]))
   redis.call('ZREM', in_flight, id)
   return 'cancelled'

@@ -1,4 +1,5 @@
--- Writes terminal events, then acknowledges and deletes the entries: per job, all or nothing.
+-- Writes terminal events, then acknowledges and deletes the entries. A script runs atomically, so
+-- no job is acknowledged without its event, whatever happens to the caller.
 -- Many jobs go in one call, so a busy worker pays one round trip for a whole batch.
 -- KEYS: jobs, then per job: status, events, in_flight
 -- ARGV: group, consumer, events_maxlen, status_ttl_s, track_in_flight (0/1),
@@ -7,7 +8,7 @@
 local jobs, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local maxlen, ttl, track = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
 local now = now_ms()
-local results = {}
+local results, owned = {}, {}
 for j = 0, (#KEYS - 1) / 3 - 1 do
   local status, events, in_flight = KEYS[2 + 3 * j], KEYS[3 + 3 * j], KEYS[4 + 3 * j]
   local entry, id, state, event, payload =
@@ -20,8 +21,13 @@ for j = 0, (#KEYS - 1) / 3 - 1 do
       'request', payload, 'entry', entry)
     redis.call('EXPIRE', status, ttl)
     if track then redis.call('ZREM', in_flight, id) end
-    ack_delete(jobs, group, entry)
+    table.insert(owned, entry)
   end
   table.insert(results, owner == 'mine' and 'done' or owner)
+end
+-- One XACK and one XDEL for the whole batch; the batch is far below Lua's unpack limit.
+if #owned > 0 then
+  redis.call('XACK', jobs, group, unpack(owned))
+  redis.call('XDEL', jobs, unpack(owned))
 end
 return results

@@ -2,14 +2,25 @@
 -- entries wait before it (counted up to 1,000).
 -- KEYS: jobs, status
 -- ARGV: group
--- Returns {flat hash fields, held (0/1), position (-1: not waiting)}.
+-- Returns {flat hash fields, held (0/1), position (-1: not waiting), request}: the request comes
+-- from the hash once the job has left the stream, from the stream entry before.
 local jobs, status, group = KEYS[1], KEYS[2], ARGV[1]
 local fields = redis.call('HGETALL', status)
 if #fields == 0 then return false end
-local state, entry
+local state, entry, request
 for i = 1, #fields, 2 do
   if fields[i] == 'state' then state = fields[i + 1] end
   if fields[i] == 'entry' then entry = fields[i + 1] end
+  if fields[i] == 'request' then request = fields[i + 1] end
+end
+if not request and entry then
+  local found = redis.call('XRANGE', jobs, entry, entry)
+  if #found == 1 then
+    local f = found[1][2]
+    for i = 1, #f, 2 do
+      if f[i] == 'job' then request = f[i + 1] end
+    end
+  end
 end
 local held, position = 0, -1
 if state == 'queued' and entry then
@@ -26,4 +37,4 @@ if state == 'queued' and entry then
     if position > 1000 then position = 1000 end
   end
 end
-return {fields, held, position}
+return {fields, held, position, request or false}

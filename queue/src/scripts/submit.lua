@@ -52,7 +52,8 @@ if idem_ttl > 0 then redis.call('SET', idem, id, 'EX', idem_ttl) end
 local position = waiting + 1
 local event = string.gsub(ARGV[11], ARGV[12], '"position":' .. position, 1)
 add_event(events, ARGV[10], event)
-redis.call('HSET', status, 'state', 'queued', 'entry', entry, 'request', payload, 'attempt', 0,
-  'submitted_ms', now, 'updated_ms', now, 'last_event', event)
+-- The request and the Queued event are not copied here: the stream entry and the event stream
+-- hold them, and a waiting job should cost as little memory as possible.
+redis.call('HSET', status, 'state', 'queued', 'entry', entry, 'submitted_ms', now, 'updated_ms', now)
 redis.call('EXPIRE', status, status_ttl)
 return {'queued', entry, position}
