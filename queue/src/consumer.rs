@@ -5,13 +5,14 @@
 //! dead consumers (lease expired), and moves due retries back into the stream. A background task
 //! renews the lease of every job it holds, so a live worker's long job is never taken over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::streams::{StreamClaimReply, StreamId, StreamReadReply};
 use redis::{FromRedisValue, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -58,6 +59,74 @@ impl Held {
     }
 }
 
+/// Finisher calls that may be in flight at once: one can run in Redis while the worker handles the
+/// results of the other.
+const FINISH_CALLS_IN_FLIGHT: usize = 2;
+
+/// New entries that the finisher read for this consumer in the same script call that finished
+/// jobs: a busy worker then needs no read of its own. Prefetching stops while the consumer is
+/// blocked in its own read (it would not see them until that read returns) and once it is
+/// dropped (their entries are given back at once).
+#[derive(Default)]
+struct Prefetch {
+    entries: Mutex<VecDeque<StreamId>>,
+    /// Finisher calls that asked for entries and have not stored them yet.
+    in_flight: AtomicUsize,
+    /// The consumer is about to block, or blocked, in `XREADGROUP`.
+    reading: AtomicBool,
+    closed: AtomicBool,
+    stored: Notify,
+    /// A finisher call that asked for entries failed: Redis may have delivered them anyway.
+    reply_lost: AtomicBool,
+}
+
+impl Prefetch {
+    fn take(&self, max: usize) -> Vec<StreamId> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let n = max.min(entries.len());
+        entries.drain(..n).collect()
+    }
+
+    fn contains(&self, entry: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.iter().any(|e| e.id == entry)
+    }
+
+    /// How many entries a finisher call for `finished` jobs should read: as many as it frees,
+    /// unless the consumer is reading for itself or gone. A non-zero answer must be followed by
+    /// [`Prefetch::store`].
+    fn ask(&self, finished: usize) -> usize {
+        self.in_flight.fetch_add(1, SeqCst);
+        if self.reading.load(SeqCst) || self.closed.load(SeqCst) {
+            self.in_flight.fetch_sub(1, SeqCst);
+            return 0;
+        }
+        finished
+    }
+
+    /// Stores what a call read. Returns the entries nobody will take (the consumer is gone), to be
+    /// given back.
+    fn store(&self, read: Option<Vec<StreamId>>) -> Vec<StreamId> {
+        let orphans = match read {
+            Some(read) if self.closed.load(SeqCst) => read,
+            Some(read) => {
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(read);
+                Vec::new()
+            }
+            None => {
+                self.reply_lost.store(true, SeqCst);
+                Vec::new()
+            }
+        };
+        self.in_flight.fetch_sub(1, SeqCst);
+        self.stored.notify_waiters();
+        orphans
+    }
+}
+
 pub struct Consumer {
     queue: Queue,
     name: Arc<str>,
@@ -66,11 +135,47 @@ pub struct Consumer {
     /// running when the consumer is dropped (graceful shutdown) keep their leases.
     held: Arc<Held>,
     finisher: mpsc::UnboundedSender<Finish>,
+    prefetch: Arc<Prefetch>,
     /// Own pending entries are taken back at start and after any failed read (its reply may have
     /// been lost after Redis had already delivered the entries).
     check_own_pending: bool,
     next_reclaim: Instant,
     next_promote: Instant,
+}
+
+impl Drop for Consumer {
+    /// Gives prefetched jobs back at once, so other workers need not wait out their lease.
+    fn drop(&mut self) {
+        self.prefetch.closed.store(true, SeqCst);
+        let orphans = self.prefetch.take(usize::MAX);
+        if !orphans.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back(self.queue.clone(), self.name.clone(), orphans));
+        }
+    }
+}
+
+/// Makes entries this consumer holds but will not run claimable by others right away.
+async fn give_back(queue: Queue, consumer: Arc<str>, entries: Vec<StreamId>) {
+    let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+    let given: redis::RedisResult<Value> = queue
+        .with_retry(|mut conn, keys| {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(keys.jobs())
+                .arg(WORKER_GROUP)
+                .arg(&*consumer)
+                .arg(0)
+                .arg(&ids)
+                .arg("IDLE")
+                .arg(queue.config.lease_ms)
+                .arg("JUSTID");
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await;
+    if let Err(e) = given {
+        warn!(message = "Could not give back prefetched jobs; they return after the lease.", error = %e);
+    }
 }
 
 impl Consumer {
@@ -88,7 +193,13 @@ impl Consumer {
             Arc::downgrade(&held),
         ));
         let (finisher, finishes) = mpsc::unbounded_channel();
-        tokio::spawn(finish_in_batches(queue.clone(), name.clone(), finishes));
+        let prefetch = Arc::new(Prefetch::default());
+        tokio::spawn(finish_in_batches(
+            queue.clone(),
+            name.clone(),
+            finishes,
+            prefetch.clone(),
+        ));
         let now = Instant::now();
         Ok(Self {
             queue,
@@ -96,6 +207,7 @@ impl Consumer {
             blocking,
             held,
             finisher,
+            prefetch,
             check_own_pending: true,
             next_reclaim: now,
             next_promote: now,
@@ -117,7 +229,7 @@ impl Consumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.check_own_pending {
+        if self.check_own_pending || self.prefetch.reply_lost.swap(false, SeqCst) {
             let own = self.claim_pending(Some(&self.name.clone()), 0, max).await?;
             self.check_own_pending = false;
             if !own.is_empty() {
@@ -136,6 +248,28 @@ impl Consumer {
                 return Ok(stale);
             }
         }
+        let prefetched = self.prefetch.take(max);
+        if !prefetched.is_empty() {
+            return self.admit_all(prefetched).await;
+        }
+        // Announce the read before looking for prefetches in flight: a finisher call that starts
+        // after this sees it and reads nothing, and one already running is waited for.
+        self.prefetch.reading.store(true, SeqCst);
+        let stored = self.prefetch.stored.notified();
+        tokio::pin!(stored);
+        stored.as_mut().enable();
+        if self.prefetch.in_flight.load(SeqCst) > 0 {
+            self.prefetch.reading.store(false, SeqCst);
+            let block = Duration::from_millis(self.queue.config.block_ms);
+            let _ = tokio::time::timeout(block, stored).await;
+            let prefetched = self.prefetch.take(max);
+            return self.admit_all(prefetched).await;
+        }
+        let prefetched = self.prefetch.take(max);
+        if !prefetched.is_empty() {
+            self.prefetch.reading.store(false, SeqCst);
+            return self.admit_all(prefetched).await;
+        }
         let wait = Duration::from_millis(self.queue.config.block_ms)
             .min(self.next_promote.saturating_duration_since(Instant::now()))
             .min(self.next_reclaim.saturating_duration_since(Instant::now()))
@@ -153,6 +287,7 @@ impl Consumer {
             .arg(">")
             .query_async(&mut self.blocking)
             .await;
+        self.prefetch.reading.store(false, SeqCst);
         let reply = match read {
             Ok(reply) => reply,
             Err(e) if is_missing_group(&e) => {
@@ -172,6 +307,11 @@ impl Consumer {
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
             .collect::<Vec<_>>();
+        self.admit_all(entries).await
+    }
+
+    /// Admits freshly read entries (their first delivery).
+    async fn admit_all(&self, entries: Vec<StreamId>) -> Result<Vec<Delivery>> {
         let mut deliveries = Vec::with_capacity(entries.len());
         for entry in entries {
             if let Some(delivery) = self.admit(entry, 1).await? {
@@ -213,7 +353,7 @@ impl Consumer {
             let held = self.held.lock();
             pending
                 .into_iter()
-                .filter(|(entry, ..)| !held.contains_key(entry))
+                .filter(|(entry, ..)| !held.contains_key(entry) && !self.prefetch.contains(entry))
                 .map(|(entry, _, _, deliveries)| (entry, deliveries))
                 .collect()
         };
@@ -470,16 +610,20 @@ struct Finish {
     reply: oneshot::Sender<Result<Completion>>,
 }
 
-/// Writes terminal events in batches: whatever arrived while the previous call was in flight goes
-/// in the next one. An idle worker pays no delay (a lone request goes at once); a busy one pays one
-/// round trip and one script call for many jobs.
+/// Writes terminal events in batches: whatever arrived while earlier calls were in flight goes in
+/// the next one. An idle worker pays no delay (a lone request goes at once); a busy one pays one
+/// round trip and one script call for many jobs, and the same call reads its next jobs.
 async fn finish_in_batches(
     queue: Queue,
     consumer: Arc<str>,
     mut requests: mpsc::UnboundedReceiver<Finish>,
+    prefetch: Arc<Prefetch>,
 ) {
-    let track_in_flight = u8::from(queue.config.per_requester_in_flight > 0);
+    let calls = Arc::new(Semaphore::new(FINISH_CALLS_IN_FLIGHT));
     while let Some(first) = requests.recv().await {
+        let Ok(permit) = calls.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match requests.try_recv() {
@@ -487,48 +631,80 @@ async fn finish_in_batches(
                 Err(_) => break,
             }
         }
-        let replies: redis::RedisResult<Vec<String>> = queue
-            .with_retry(|mut conn, keys| {
-                let mut invocation = scripts::COMPLETE.prepare_invoke();
+        let (queue, consumer, prefetch) = (queue.clone(), consumer.clone(), prefetch.clone());
+        tokio::spawn(async move {
+            finish_batch(&queue, &consumer, batch, &prefetch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn finish_batch(queue: &Queue, consumer: &Arc<str>, batch: Vec<Finish>, prefetch: &Prefetch) {
+    let track_in_flight = u8::from(queue.config.per_requester_in_flight > 0);
+    let read = prefetch.ask(batch.len());
+    let replies: redis::RedisResult<(Vec<String>, Vec<StreamId>)> = queue
+        .with_retry(|mut conn, keys| {
+            let mut invocation = scripts::COMPLETE.prepare_invoke();
+            invocation
+                .key(keys.jobs())
+                .arg(WORKER_GROUP)
+                .arg(&**consumer)
+                .arg(queue.config.events_max_len)
+                .arg(queue.config.status_ttl_secs)
+                .arg(track_in_flight)
+                .arg(read);
+            for f in &batch {
+                invocation.key(&f.status).key(&f.events).key(&f.in_flight);
                 invocation
-                    .key(keys.jobs())
-                    .arg(WORKER_GROUP)
-                    .arg(&*consumer)
-                    .arg(queue.config.events_max_len)
-                    .arg(queue.config.status_ttl_secs)
-                    .arg(track_in_flight);
-                for f in &batch {
-                    invocation.key(&f.status).key(&f.events).key(&f.in_flight);
-                    invocation
-                        .arg(&f.entry)
-                        .arg(&f.job_id)
-                        .arg(f.state.as_str())
-                        .arg(&f.event)
-                        .arg(&f.payload);
-                }
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await;
-        match replies {
-            Ok(replies) if replies.len() == batch.len() => {
-                for (finish, reply) in batch.into_iter().zip(replies) {
-                    let _ = finish.reply.send(completion(&reply));
+                    .arg(&f.entry)
+                    .arg(&f.job_id)
+                    .arg(f.state.as_str())
+                    .arg(&f.event)
+                    .arg(&f.payload);
+            }
+            async move {
+                let (results, fresh): (Vec<String>, Option<StreamReadReply>) =
+                    invocation.invoke_async(&mut conn).await?;
+                let fresh = fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+                Ok((results, fresh.collect()))
+            }
+        })
+        .await;
+    // Entries first, replies second: a worker that sees its slot free finds its next job waiting.
+    let replies = match replies {
+        Ok((results, fresh)) => {
+            if read > 0 {
+                let orphans = prefetch.store(Some(fresh));
+                if !orphans.is_empty() {
+                    give_back(queue.clone(), consumer.clone(), orphans).await;
                 }
             }
-            Ok(replies) => {
-                let error =
-                    unexpected_reply("complete", Some(&format!("{} replies", replies.len())));
-                let message = error.to_string();
-                for finish in batch {
-                    let _ = finish
-                        .reply
-                        .send(Err(unexpected_reply("complete", Some(&message))));
-                }
+            Ok(results)
+        }
+        Err(e) => {
+            if read > 0 {
+                prefetch.store(None);
             }
-            Err(e) => {
-                for finish in batch {
-                    let _ = finish.reply.send(Err(e.clone().into()));
-                }
+            Err(e)
+        }
+    };
+    match replies {
+        Ok(replies) if replies.len() == batch.len() => {
+            for (finish, reply) in batch.into_iter().zip(replies) {
+                let _ = finish.reply.send(completion(&reply));
+            }
+        }
+        Ok(replies) => {
+            let detail = format!("{} replies for {} jobs", replies.len(), batch.len());
+            for finish in batch {
+                let _ = finish
+                    .reply
+                    .send(Err(unexpected_reply("complete", Some(&detail))));
+            }
+        }
+        Err(e) => {
+            for finish in batch {
+                let _ = finish.reply.send(Err(e.clone().into()));
             }
         }
     }

@@ -28,6 +28,14 @@ const LATENCY_SECONDS: u64 = 10;
 const MEMORY_JOBS: usize = 20_000;
 const PAYLOAD_BYTES: usize = 300;
 const BATCH: usize = 50;
+/// Throughput rows run this many rounds, DUCKS and BullMQ alternating, and report medians:
+/// on two shared cores single runs swing by a factor of two.
+const ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
 
 fn config() -> QueueConfig {
     QueueConfig {
@@ -164,7 +172,7 @@ async fn memory_per_job(redis: &RedisServer, queue: &Queue) -> f64 {
 /// Runs one BullMQ scenario and returns the JSON object it prints last.
 fn bullmq(redis: &RedisServer, args: &[&str]) -> serde_json::Value {
     if std::env::var_os("DUCKS_BENCH_NO_PEER").is_some() {
-        return serde_json::json!({"jobs_per_sec": f64::NAN, "p50_ms": f64::NAN, "p99_ms": f64::NAN, "bytes_per_job": f64::NAN});
+        return serde_json::json!({"jobs_per_sec": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "bytes_per_job": 0.0});
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/bullmq/bench.mjs");
     let output = Command::new("node")
@@ -208,10 +216,10 @@ fn selected(scenario: &str) -> bool {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    filters.is_empty() || filters.iter().any(|f| scenario.contains(f.as_str()))
+    filters.is_empty() || filters.iter().any(|f| f == scenario)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let redis = RedisServer::start().await;
     let mut rows = Vec::new();
@@ -229,53 +237,55 @@ async fn main() {
         if !selected(&format!("drain{concurrency}")) {
             continue;
         }
-        flush(&redis).await;
-        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
-            .await
-            .unwrap();
-        preload(&queue, DRAIN_JOBS).await;
-        let ducks = drain(&queue, DRAIN_JOBS, concurrency).await;
-        let peer = bullmq(
-            &redis,
-            &[
+        let (mut ducks, mut peer) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            flush(&redis).await;
+            let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
+                .await
+                .unwrap();
+            preload(&queue, DRAIN_JOBS).await;
+            ducks.push(drain(&queue, DRAIN_JOBS, concurrency).await);
+            let args = [
                 "drain",
                 "--jobs",
                 &DRAIN_JOBS.to_string(),
                 "--concurrency",
                 &concurrency.to_string(),
-            ],
-        );
+            ];
+            peer.push(field(&bullmq(&redis, &args), "jobs_per_sec"));
+        }
         row(
             format!("drain {DRAIN_JOBS} jobs, concurrency {concurrency}"),
             "jobs/s",
-            ducks,
-            field(&peer, "jobs_per_sec"),
+            median(ducks),
+            median(peer),
         );
     }
     for batch in [1, BATCH] {
         if !selected("submit") {
             continue;
         }
-        flush(&redis).await;
-        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
-            .await
-            .unwrap();
-        let ducks = submit_rate(&queue, SUBMIT_JOBS, batch).await;
-        let peer = bullmq(
-            &redis,
-            &[
+        let (mut ducks, mut peer) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            flush(&redis).await;
+            let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
+                .await
+                .unwrap();
+            ducks.push(submit_rate(&queue, SUBMIT_JOBS, batch).await);
+            let args = [
                 "submit",
                 "--jobs",
                 &SUBMIT_JOBS.to_string(),
                 "--batch",
                 &batch.to_string(),
-            ],
-        );
+            ];
+            peer.push(field(&bullmq(&redis, &args), "jobs_per_sec"));
+        }
         row(
             format!("submit, {batch} at a time"),
             "jobs/s",
-            ducks,
-            field(&peer, "jobs_per_sec"),
+            median(ducks),
+            median(peer),
         );
     }
     if selected("latency") {
