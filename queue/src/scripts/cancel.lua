@@ -24,7 +24,7 @@ if redis.call('ZREM', delayed, id) == 1 then
 end
 local entry = redis.call('HGET', status, 'entry')
 if entry then
-  local p = redis.call('XPENDING', jobs, group, entry, entry, 1)
+  local p = redis.call('XPENDING', jobs, group, entry, entry, '1')
   -- Not delivered yet: deleting the entry means no worker will ever see it.
   if #p == 0 and redis.call('XDEL', jobs, entry) == 1 then return cancelled() end
 end

@@ -6,8 +6,8 @@
 --       entries to read for the consumer), then per job: entry, job_id, state, event, payload
 -- Returns {per job 'done', 'finished' or 'lost' (see `ownership`), the XREADGROUP reply or false}.
 local jobs, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local maxlen, ttl, track, read = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', tonumber(ARGV[6])
-local now = now_ms()
+local maxlen, ttl, track, read = ARGV[3], ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
+local now = as_arg(now_ms())
 local results, owned = {}, {}
 for j = 0, (#KEYS - 1) / 3 - 1 do
   local status, events, in_flight = KEYS[2 + 3 * j], KEYS[3 + 3 * j], KEYS[4 + 3 * j]
@@ -34,6 +34,6 @@ end
 -- reads only what is there).
 local fresh = false
 if read > 0 then
-  fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', read, 'STREAMS', jobs, '>')
+  fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[6], 'STREAMS', jobs, '>')
 end
 return {results, fresh}

@@ -6,7 +6,7 @@
 --       undecodable), job_id, status_ttl_s, payload
 local jobs, dlq, status, events, in_flight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, consumer, entry = ARGV[1], ARGV[2], ARGV[3]
-local p = redis.call('XPENDING', jobs, group, entry, entry, 1)
+local p = redis.call('XPENDING', jobs, group, entry, entry, '1')
 if #p == 0 or p[1][2] ~= consumer then return 'lost' end
 redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[6], '*', 'entry', entry, 'reason', ARGV[4],
   'fields', ARGV[5], 'job_id', ARGV[8])

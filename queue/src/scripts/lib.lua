@@ -7,10 +7,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Numbers handed to redis.call are formatted with '%.17g', which costs more than the command
+-- itself; scripts pass strings (ARGV as given, or this once per call).
+local function as_arg(n)
+  return string.format('%d', n)
+end
+
 -- 'mine' when `consumer` holds `entry` in the group, 'finished' when the entry is gone and the
 -- job has its terminal state, 'lost' otherwise (another consumer took it over).
 local function ownership(jobs, group, entry, consumer, status)
-  local p = redis.call('XPENDING', jobs, group, entry, entry, 1)
+  local p = redis.call('XPENDING', jobs, group, entry, entry, '1')
   if #p == 1 and p[1][2] == consumer then return 'mine' end
   if #p == 0 then
     local state = redis.call('HGET', status, 'state')

@@ -8,7 +8,7 @@ local jobs, group, consumer, prefix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local lost, cancel = {}, {}
 for i = 4, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
-  local p = redis.call('XPENDING', jobs, group, entry, entry, 1)
+  local p = redis.call('XPENDING', jobs, group, entry, entry, '1')
   if #p == 1 and p[1][2] == consumer then
     redis.call('XCLAIM', jobs, group, consumer, 0, entry, 'JUSTID')
     if redis.call('HGET', prefix .. id, 'cancel') == '1' then table.insert(cancel, entry) end

@@ -24,7 +24,7 @@ if not request and entry then
 end
 local held, position = 0, -1
 if state == 'queued' and entry then
-  if #redis.call('XPENDING', jobs, group, entry, entry, 1) == 1 then
+  if #redis.call('XPENDING', jobs, group, entry, entry, '1') == 1 then
     held = 1
   else
     local last = '0-0'

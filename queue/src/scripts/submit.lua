@@ -6,7 +6,7 @@ local jobs, delayed, status, idem, in_flight, rate, events =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local group, id, payload = ARGV[1], ARGV[2], ARGV[3]
 local max_backlog, in_flight_limit, rate_limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local window_ms, idem_ttl, status_ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local window_ms, idem_ttl, status_ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 
 if idem_ttl > 0 then
   local existing = redis.call('GET', idem)
@@ -40,20 +40,21 @@ end
 
 local entry = redis.call('XADD', jobs, '*', 'job', payload)
 if in_flight_limit > 0 then
-  redis.call('ZADD', in_flight, now, id)
-  redis.call('PEXPIRE', in_flight, stale_ms)
+  redis.call('ZADD', in_flight, as_arg(now), id)
+  redis.call('PEXPIRE', in_flight, ARGV[13])
 end
 if rate_limit > 0 then
-  redis.call('ZADD', rate, now, id)
-  redis.call('PEXPIRE', rate, window_ms)
+  redis.call('ZADD', rate, as_arg(now), id)
+  redis.call('PEXPIRE', rate, ARGV[7])
 end
-if idem_ttl > 0 then redis.call('SET', idem, id, 'EX', idem_ttl) end
+if idem_ttl > 0 then redis.call('SET', idem, id, 'EX', ARGV[8]) end
 
 local position = waiting + 1
-local event = string.gsub(ARGV[11], ARGV[12], '"position":' .. position, 1)
+local event = string.gsub(ARGV[11], ARGV[12], '"position":' .. as_arg(position), 1)
 add_event(events, ARGV[10], event)
 -- The request and the Queued event are not copied here: the stream entry and the event stream
 -- hold them, and a waiting job should cost as little memory as possible.
-redis.call('HSET', status, 'state', 'queued', 'entry', entry, 'submitted_ms', now, 'updated_ms', now)
+local now_arg = as_arg(now)
+redis.call('HSET', status, 'state', 'queued', 'entry', entry, 'submitted_ms', now_arg, 'updated_ms', now_arg)
 redis.call('EXPIRE', status, status_ttl)
 return {'queued', entry, position}
