@@ -165,6 +165,16 @@ impl JobRequest {
                 "The requester id must be 1 to {MAX_REQUESTER_ID_LEN} characters without control characters."
             ));
         }
+        if self
+            .requester
+            .name
+            .as_ref()
+            .is_some_and(|name| name.chars().count() > MAX_REQUESTER_ID_LEN)
+        {
+            return fail(format!(
+                "The requester name must be at most {MAX_REQUESTER_ID_LEN} characters."
+            ));
+        }
         Ok(())
     }
 

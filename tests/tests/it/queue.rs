@@ -824,3 +824,61 @@ async fn the_documented_redis_cli_lines_submit_a_job_and_read_its_events() {
     assert!(events.contains("\"job_id\":\"my-first-duck\""), "{events}");
     assert!(events.contains("\"event\":\"succeeded\""), "{events}");
 }
+
+#[tokio::test]
+async fn oversized_payloads_are_refused_at_submit() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(
+        &redis,
+        QueueConfig {
+            max_payload_bytes: 400,
+            ..config()
+        },
+    )
+    .await;
+    let mut big = request(&"a very detailed duck ".repeat(30));
+    big.negative_prompt = "blurry ".repeat(20);
+    match queue.submit(big).await {
+        Err(e @ QueueError::PayloadTooLarge { limit: 400, .. }) => {
+            assert!(e.to_string().ends_with("bytes; the limit is 400."), "{e}");
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        xlen(&queue, queue.keys().jobs()).await,
+        0,
+        "nothing was queued"
+    );
+}
+
+#[tokio::test]
+async fn the_model_catalogue_round_trips_through_redis() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(&redis, config()).await;
+    assert_eq!(
+        queue.models().await.unwrap(),
+        ducks_queue::ModelCatalogue::default()
+    );
+    let catalogue = ducks_queue::ModelCatalogue {
+        default_model: Some("tiny-sd".into()),
+        models: vec![ducks_queue::ModelInfo {
+            id: "tiny-sd".into(),
+            name: "Tiny SD".into(),
+            description: "Random weights for tests: draws noise.".into(),
+            family: "sd15".into(),
+            default_width: 64,
+            default_height: 64,
+            default_steps: 2,
+            default_guidance: 7.5,
+            max_width: 256,
+            max_height: 256,
+            max_images: 4,
+            tags: vec!["test".into()],
+        }],
+        updated_at_ms: 1,
+    };
+    queue.publish_models(&catalogue).await.unwrap();
+    let read = queue.models().await.unwrap();
+    assert_eq!(read, catalogue);
+    assert_eq!(read.get("tiny-sd").unwrap().family, "sd15");
+}
