@@ -151,29 +151,39 @@ impl Drop for Consumer {
         if !orphans.is_empty()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(give_back(self.queue.clone(), self.name.clone(), orphans));
+            runtime.spawn(give_back_orphans(
+                self.queue.clone(),
+                self.name.clone(),
+                orphans,
+            ));
         }
     }
 }
 
-/// Makes entries this consumer holds but will not run claimable by others right away.
-async fn give_back(queue: Queue, consumer: Arc<str>, entries: Vec<StreamId>) {
-    let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
-    let given: redis::RedisResult<Value> = queue
+/// Makes entries this consumer holds but will not run claimable by other workers right away, by
+/// setting their idle time to a whole lease.
+async fn give_back(queue: &Queue, consumer: &str, entries: &[&str]) -> redis::RedisResult<()> {
+    let _: Value = queue
         .with_retry(|mut conn, keys| {
             let mut cmd = redis::cmd("XCLAIM");
             cmd.arg(keys.jobs())
                 .arg(WORKER_GROUP)
-                .arg(&*consumer)
+                .arg(consumer)
                 .arg(0)
-                .arg(&ids)
+                .arg(entries)
                 .arg("IDLE")
                 .arg(queue.config.lease_ms)
                 .arg("JUSTID");
             async move { cmd.query_async(&mut conn).await }
         })
-        .await;
-    if let Err(e) = given {
+        .await?;
+    Ok(())
+}
+
+/// [`give_back`] for prefetched entries nobody will run, from places that cannot report errors.
+async fn give_back_orphans(queue: Queue, consumer: Arc<str>, orphans: Vec<StreamId>) {
+    let ids: Vec<&str> = orphans.iter().map(|e| e.id.as_str()).collect();
+    if let Err(e) = give_back(&queue, &consumer, &ids).await {
         warn!(message = "Could not give back prefetched jobs; they return after the lease.", error = %e);
     }
 }
@@ -676,7 +686,7 @@ async fn finish_batch(queue: &Queue, consumer: &Arc<str>, batch: Vec<Finish>, pr
             if read > 0 {
                 let orphans = prefetch.store(Some(fresh));
                 if !orphans.is_empty() {
-                    give_back(queue.clone(), consumer.clone(), orphans).await;
+                    give_back_orphans(queue.clone(), consumer.clone(), orphans).await;
                 }
             }
             Ok(results)
@@ -922,22 +932,7 @@ impl Delivery {
     /// Gives the job back unfinished (graceful shutdown): it becomes claimable by other workers at
     /// once instead of after the lease.
     pub async fn abandon(self) -> Result<()> {
-        let config = &self.queue.config;
-        let _: Value = self
-            .queue
-            .with_retry(|mut conn, keys| {
-                let mut cmd = redis::cmd("XCLAIM");
-                cmd.arg(keys.jobs())
-                    .arg(WORKER_GROUP)
-                    .arg(&*self.consumer)
-                    .arg(0)
-                    .arg(&self.entry_id)
-                    .arg("IDLE")
-                    .arg(config.lease_ms)
-                    .arg("JUSTID");
-                async move { cmd.query_async(&mut conn).await }
-            })
-            .await?;
+        give_back(&self.queue, &self.consumer, &[self.entry_id.as_str()]).await?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use redis::streams::{StreamId, StreamReadReply};
 use redis::{FromRedisValue, Value};
 
 use crate::connection::{Connection, is_missing_group, is_transient};
-use crate::queue::retry_transient;
+use crate::queue::{create_group, retry_transient};
 use crate::{ContractError, JobEvent, Queue, Result, wire};
 
 /// One event as read from a stream. Acknowledge it with [`EventReader::ack`] once handled.
@@ -52,23 +52,9 @@ impl EventReader {
     }
 
     async fn create_group(&self) -> Result<()> {
-        let created: redis::RedisResult<()> = self
-            .queue
-            .with_retry(|mut conn, _| async move {
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&self.stream)
-                    .arg(&self.group)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await;
-        match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => Ok(other?),
-        }
+        let conn = self.queue.connection();
+        retry_transient(|| create_group(conn.clone(), &self.stream, &self.group)).await?;
+        Ok(())
     }
 
     /// Up to `count` events, waiting at most `block` for new ones.

@@ -87,7 +87,8 @@ impl Queue {
     }
 
     pub(crate) async fn ensure_group(&self) -> Result<()> {
-        Ok(retry_transient(|| create_group(self.conn.clone(), &self.keys)).await?)
+        let jobs = self.keys.jobs();
+        Ok(retry_transient(|| create_group(self.conn.clone(), &jobs, WORKER_GROUP)).await?)
     }
 
     /// Runs `op` on a clone of the connection, retrying transient errors within [`RETRY_BUDGET`]
@@ -101,7 +102,7 @@ impl Queue {
             match op(self.conn.clone(), self.keys.clone()).await {
                 Err(e) if is_missing_group(&e) => {
                     warn!(message = "The worker group is missing; creating it again.", error = %e);
-                    create_group(self.conn.clone(), &self.keys).await?;
+                    create_group(self.conn.clone(), &self.keys.jobs(), WORKER_GROUP).await?;
                     op(self.conn.clone(), self.keys.clone()).await
                 }
                 other => other,
@@ -337,12 +338,16 @@ impl Queue {
     }
 }
 
-/// `XGROUP CREATE … MKSTREAM`, where a group that already exists is fine.
-async fn create_group(mut conn: Connection, keys: &Keys) -> redis::RedisResult<()> {
+/// `XGROUP CREATE <stream> <group> 0 MKSTREAM`, where a group that already exists is fine.
+pub(crate) async fn create_group(
+    mut conn: Connection,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(keys.jobs())
-        .arg(WORKER_GROUP)
+        .arg(stream)
+        .arg(group)
         .arg("0")
         .arg("MKSTREAM")
         .query_async(&mut conn)

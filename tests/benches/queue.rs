@@ -64,11 +64,15 @@ fn succeeded() -> EventKind {
     }
 }
 
-async fn flush(redis: &RedisServer) {
+/// An empty server and a queue on it.
+async fn fresh_queue(redis: &RedisServer) -> Queue {
     let _: () = redis::cmd("FLUSHALL")
         .query_async(&mut redis.client().await)
         .await
         .unwrap();
+    Queue::connect(RedisTarget::Single(redis.url()), config())
+        .await
+        .unwrap()
 }
 
 async fn preload(queue: &Queue, n: usize) {
@@ -239,10 +243,7 @@ async fn main() {
         }
         let (mut ducks, mut peer) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            flush(&redis).await;
-            let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
-                .await
-                .unwrap();
+            let queue = fresh_queue(&redis).await;
             preload(&queue, DRAIN_JOBS).await;
             ducks.push(drain(&queue, DRAIN_JOBS, concurrency).await);
             let args = [
@@ -267,10 +268,7 @@ async fn main() {
         }
         let (mut ducks, mut peer) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            flush(&redis).await;
-            let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
-                .await
-                .unwrap();
+            let queue = fresh_queue(&redis).await;
             ducks.push(submit_rate(&queue, SUBMIT_JOBS, batch).await);
             let args = [
                 "submit",
@@ -289,10 +287,7 @@ async fn main() {
         );
     }
     if selected("latency") {
-        flush(&redis).await;
-        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
-            .await
-            .unwrap();
+        let queue = fresh_queue(&redis).await;
         let (p50, p99) = latency(&queue).await;
         let peer = bullmq(
             &redis,
@@ -319,10 +314,7 @@ async fn main() {
     }
 
     if selected("memory") {
-        flush(&redis).await;
-        let queue = Queue::connect(RedisTarget::Single(redis.url()), config())
-            .await
-            .unwrap();
+        let queue = fresh_queue(&redis).await;
         let ducks = memory_per_job(&redis, &queue).await;
         let peer = bullmq(&redis, &["memory", "--jobs", &MEMORY_JOBS.to_string()]);
         row(

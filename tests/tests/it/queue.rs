@@ -1,7 +1,7 @@
 //! The queue against real redis-server processes: delivery, leases, retries, dead letters,
 //! limits, cancellation, crashes and Redis Cluster.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -291,14 +291,8 @@ async fn a_job_that_keeps_killing_its_worker_ends_in_the_dead_letters() {
         }
         other => panic!("{other:?}"),
     }
-    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(queue.keys().dead_letters())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut queue.connection())
-        .await
-        .unwrap();
-    let fields: HashMap<_, _> = dead[0].1.iter().cloned().collect();
+    let dead = stream_entries(&queue, queue.keys().dead_letters()).await;
+    let fields = &dead[0].1;
     assert_eq!(fields["reason"], "delivered 4 times without finishing");
     assert_eq!(fields["job_id"], id.as_str());
     assert_eq!(xlen(&queue, queue.keys().jobs()).await, 0);
@@ -460,17 +454,8 @@ async fn garbage_entries_go_to_the_dead_letters_and_the_stream_keeps_flowing() {
         "id derived from the entry"
     );
 
-    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(queue.keys().dead_letters())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut queue.connection())
-        .await
-        .unwrap();
-    let reasons: Vec<String> = dead
-        .iter()
-        .map(|(_, f)| f.iter().find(|(k, _)| k == "reason").unwrap().1.clone())
-        .collect();
+    let dead = stream_entries(&queue, queue.keys().dead_letters()).await;
+    let reasons: Vec<&String> = dead.iter().map(|(_, fields)| &fields["reason"]).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons[0].contains("no `job` field"), "{}", reasons[0]);
     assert!(reasons[1].contains("malformed"), "{}", reasons[1]);

@@ -50,19 +50,26 @@ pub async fn take(consumer: &mut Consumer, n: usize, deadline: Duration) -> Vec<
     got
 }
 
-/// Every event in `origin`'s stream, by job, in order.
-pub async fn events_by_job(queue: &Queue, origin: &str) -> HashMap<JobId, Vec<EventKind>> {
-    let mut conn = queue.connection();
+/// Every entry of a stream, oldest first, with its fields.
+pub async fn stream_entries(queue: &Queue, key: String) -> Vec<(String, HashMap<String, String>)> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(queue.keys().events(origin))
+        .arg(key)
         .arg("-")
         .arg("+")
-        .query_async(&mut conn)
+        .query_async(&mut queue.connection())
         .await
-        .expect("XRANGE events");
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .map(|(id, fields)| (id, fields.into_iter().collect()))
+        .collect()
+}
+
+/// Every event in `origin`'s stream, by job, in order.
+pub async fn events_by_job(queue: &Queue, origin: &str) -> HashMap<JobId, Vec<EventKind>> {
     let mut by_job: HashMap<JobId, Vec<EventKind>> = HashMap::new();
-    for (_, fields) in entries {
-        let event: JobEvent = wire::decode("event", &fields[0].1).expect("decodable event");
+    for (_, fields) in stream_entries(queue, queue.keys().events(origin)).await {
+        let event: JobEvent = wire::decode("event", &fields["event"]).expect("decodable event");
         by_job.entry(event.job_id).or_default().push(event.kind);
     }
     by_job
