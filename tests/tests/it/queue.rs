@@ -867,3 +867,38 @@ async fn the_model_catalogue_round_trips_through_redis() {
     assert_eq!(read, catalogue);
     assert_eq!(read.get("tiny-sd").unwrap().family, "sd15");
 }
+
+#[tokio::test]
+async fn a_restarted_consumer_takes_back_its_own_jobs_without_waiting_for_the_lease() {
+    let redis = RedisServer::start().await;
+    // A lease far longer than the test: only the restart path can hand the jobs back in time.
+    let queue = queue_on(
+        &redis,
+        QueueConfig {
+            lease_ms: 60_000,
+            ..config()
+        },
+    )
+    .await;
+    for i in 0..2 {
+        queue.submit(request(&format!("{i}"))).await.unwrap();
+    }
+    let mut before = Consumer::new(queue.clone(), "worker-0").await.unwrap();
+    let held = take(&mut before, 2, SECONDS_10).await;
+    drop(held);
+    drop(before);
+
+    let mut after = Consumer::new(queue.clone(), "worker-0").await.unwrap();
+    let first = after.next_batch(10).await.unwrap();
+    assert_eq!(
+        first.len(),
+        2,
+        "the first read returns the consumer's own pending jobs"
+    );
+    assert!(first.iter().all(|d| d.deliveries == 2));
+    let mut stranger = Consumer::new(queue.clone(), "worker-1").await.unwrap();
+    assert!(
+        stranger.next_batch(10).await.unwrap().is_empty(),
+        "others do not get them"
+    );
+}
