@@ -59,6 +59,9 @@ impl Held {
     }
 }
 
+/// A consumer silent this long with nothing pending is a dead worker, removed from the group.
+const DEAD_CONSUMER_AFTER: Duration = Duration::from_secs(3600);
+
 /// Finisher calls that may be in flight at once: one can run in Redis while the worker handles the
 /// results of the other.
 const FINISH_CALLS_IN_FLIGHT: usize = 2;
@@ -85,6 +88,17 @@ impl Prefetch {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let n = max.min(entries.len());
         entries.drain(..n).collect()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.iter().map(|e| e.id.clone()).collect()
+    }
+
+    /// Drops an entry another consumer took over.
+    fn forget(&self, entry: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|e| e.id != entry);
     }
 
     fn contains(&self, entry: &str) -> bool {
@@ -160,24 +174,41 @@ impl Drop for Consumer {
     }
 }
 
-/// Makes entries this consumer holds but will not run claimable by other workers right away, by
-/// setting their idle time to a whole lease.
+/// Makes entries this consumer still owns claimable by other workers right away (idle time set to
+/// a whole lease). Entries another consumer took over are left alone (see give_back.lua).
 async fn give_back(queue: &Queue, consumer: &str, entries: &[&str]) -> redis::RedisResult<()> {
-    let _: Value = queue
+    let _: u64 = queue
         .with_retry(|mut conn, keys| {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(keys.jobs())
+            let mut invocation = scripts::GIVE_BACK.prepare_invoke();
+            invocation
+                .key(keys.jobs())
                 .arg(WORKER_GROUP)
                 .arg(consumer)
-                .arg(0)
-                .arg(entries)
-                .arg("IDLE")
                 .arg(queue.config.lease_ms)
-                .arg("JUSTID");
-            async move { cmd.query_async(&mut conn).await }
+                .arg(entries);
+            async move { invocation.invoke_async(&mut conn).await }
         })
         .await?;
     Ok(())
+}
+
+/// Deletes consumers of `stream`'s `group` that hold nothing and have been silent for `idle`.
+pub(crate) async fn prune_consumers(
+    queue: &Queue,
+    stream: &str,
+    group: &str,
+    idle: Duration,
+) -> redis::RedisResult<u64> {
+    queue
+        .with_retry(|mut conn, _| {
+            let mut invocation = scripts::PRUNE.prepare_invoke();
+            invocation
+                .key(stream)
+                .arg(group)
+                .arg(idle.as_millis() as u64);
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await
 }
 
 /// [`give_back`] for prefetched entries nobody will run, from places that cannot report errors.
@@ -197,13 +228,14 @@ impl Consumer {
             crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
         let held = Arc::new(Held::default());
         let name: Arc<str> = name.into().into();
+        let prefetch = Arc::new(Prefetch::default());
         tokio::spawn(keep_leases(
             queue.clone(),
             name.clone(),
             Arc::downgrade(&held),
+            Arc::downgrade(&prefetch),
         ));
         let (finisher, finishes) = mpsc::unbounded_channel();
-        let prefetch = Arc::new(Prefetch::default());
         tokio::spawn(finish_in_batches(
             queue.clone(),
             name.clone(),
@@ -239,9 +271,18 @@ impl Consumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.check_own_pending || self.prefetch.reply_lost.swap(false, SeqCst) {
-            let own = self.claim_pending(Some(&self.name.clone()), 0, max).await?;
+        // Prefetched jobs first: they are this consumer's already, and waiting only ages them.
+        let prefetched = self.prefetch.take(max);
+        if !prefetched.is_empty() {
+            return self.admit_all(prefetched).await;
+        }
+        if self.prefetch.reply_lost.swap(false, SeqCst) {
+            self.check_own_pending = true;
+        }
+        // Not while a finisher call may be reading: its entries would look like lost ones.
+        if self.check_own_pending && self.prefetch.in_flight.load(SeqCst) == 0 {
             self.check_own_pending = false;
+            let own = self.claim_pending(Some(&self.name.clone()), 0, max).await?;
             if !own.is_empty() {
                 return Ok(own);
             }
@@ -257,15 +298,14 @@ impl Consumer {
             if !stale.is_empty() {
                 return Ok(stale);
             }
-        }
-        let prefetched = self.prefetch.take(max);
-        if !prefetched.is_empty() {
-            return self.admit_all(prefetched).await;
+            let silent = Duration::from_millis(lease).max(DEAD_CONSUMER_AFTER);
+            prune_consumers(&self.queue, &self.queue.keys.jobs(), WORKER_GROUP, silent).await?;
         }
         // Announce the read before looking for prefetches in flight: a finisher call that starts
         // after this sees it and reads nothing, and one already running is waited for.
-        self.prefetch.reading.store(true, SeqCst);
-        let stored = self.prefetch.stored.notified();
+        let prefetch = self.prefetch.clone();
+        prefetch.reading.store(true, SeqCst);
+        let stored = prefetch.stored.notified();
         tokio::pin!(stored);
         stored.as_mut().enable();
         if self.prefetch.in_flight.load(SeqCst) > 0 {
@@ -321,11 +361,17 @@ impl Consumer {
     }
 
     /// Admits freshly read entries (their first delivery).
-    async fn admit_all(&self, entries: Vec<StreamId>) -> Result<Vec<Delivery>> {
+    async fn admit_all(&mut self, entries: Vec<StreamId>) -> Result<Vec<Delivery>> {
         let mut deliveries = Vec::with_capacity(entries.len());
         for entry in entries {
-            if let Some(delivery) = self.admit(entry, 1).await? {
-                deliveries.push(delivery);
+            match self.admit(entry, 1).await {
+                Ok(Some(delivery)) => deliveries.push(delivery),
+                Ok(None) => {}
+                Err(e) => {
+                    // The rest of the batch stays pending here: take it back on the next call.
+                    self.check_own_pending = true;
+                    return Err(e);
+                }
             }
         }
         Ok(deliveries)
@@ -389,8 +435,13 @@ impl Consumer {
             if owner.is_none() {
                 debug!(message = "Took over a stale job.", entry = %entry.id, deliveries = count);
             }
-            if let Some(delivery) = self.admit(entry, count).await? {
-                deliveries.push(delivery);
+            match self.admit(entry, count).await {
+                Ok(Some(delivery)) => deliveries.push(delivery),
+                Ok(None) => {}
+                Err(e) => {
+                    self.check_own_pending = true;
+                    return Err(e);
+                }
             }
         }
         Ok(deliveries)
@@ -421,6 +472,10 @@ impl Consumer {
 
     /// Turns a claimed entry into a delivery, or finishes it here when it must not run.
     async fn admit(&self, entry: StreamId, deliveries: u32) -> Result<Option<Delivery>> {
+        // One delivery per entry in this process, however the entry was read twice.
+        if self.held.lock().contains_key(&entry.id) {
+            return Ok(None);
+        }
         let field = |name: &str| {
             entry
                 .map
@@ -563,7 +618,7 @@ impl Consumer {
 
 /// Renews the leases of held jobs every third of the lease, and tells their workers about
 /// cancel requests and lost leases.
-async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>) {
+async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>, prefetch: Weak<Prefetch>) {
     let period = Duration::from_millis((queue.config.lease_ms / 3).max(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -571,11 +626,21 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>) {
         ticker.tick().await;
         // Gone once the consumer and all its deliveries are: a killed worker renews nothing.
         let Some(held) = held.upgrade() else { return };
-        let snapshot: Vec<(String, JobId)> = held
+        // Prefetched entries are held too, though not yet decoded: they have no job id to check
+        // for a cancel request (an empty id names no status hash).
+        let mut snapshot: Vec<(String, String)> = held
             .lock()
             .iter()
-            .map(|(entry, (id, _))| (entry.clone(), id.clone()))
+            .map(|(entry, (id, _))| (entry.clone(), id.to_string()))
             .collect();
+        if let Some(prefetch) = prefetch.upgrade() {
+            snapshot.extend(
+                prefetch
+                    .ids()
+                    .into_iter()
+                    .map(|entry| (entry, String::new())),
+            );
+        }
         for chunk in snapshot.chunks(BATCH) {
             let renewed: redis::RedisResult<(Vec<String>, Vec<String>)> = queue
                 .with_retry(|mut conn, keys| {
@@ -586,7 +651,7 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>) {
                         .arg(&*consumer)
                         .arg(format!("{}job:", keys.prefix()));
                     for (entry, id) in chunk {
-                        invocation.arg(entry).arg(id.as_str());
+                        invocation.arg(entry).arg(id);
                     }
                     async move { invocation.invoke_async(&mut conn).await }
                 })
@@ -596,6 +661,9 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>) {
                     for entry in lost {
                         warn!(message = "Lost the lease of a job; another worker has it.", %entry);
                         held.signal(&entry, Signal::Lost);
+                        if let Some(prefetch) = prefetch.upgrade() {
+                            prefetch.forget(&entry);
+                        }
                     }
                     for entry in cancel {
                         held.signal(&entry, Signal::CancelRequested);
@@ -650,10 +718,11 @@ async fn finish_in_batches(
 }
 
 async fn finish_batch(queue: &Queue, consumer: &Arc<str>, batch: Vec<Finish>, prefetch: &Prefetch) {
-    let track_in_flight = u8::from(queue.config.per_requester_in_flight > 0);
     let read = prefetch.ask(batch.len());
+    let attempts = AtomicUsize::new(0);
     let replies: redis::RedisResult<(Vec<String>, Vec<StreamId>)> = queue
         .with_retry(|mut conn, keys| {
+            attempts.fetch_add(1, SeqCst);
             let mut invocation = scripts::COMPLETE.prepare_invoke();
             invocation
                 .key(keys.jobs())
@@ -661,7 +730,6 @@ async fn finish_batch(queue: &Queue, consumer: &Arc<str>, batch: Vec<Finish>, pr
                 .arg(&**consumer)
                 .arg(queue.config.events_max_len)
                 .arg(queue.config.status_ttl_secs)
-                .arg(track_in_flight)
                 .arg(read);
             for f in &batch {
                 invocation.key(&f.status).key(&f.events).key(&f.in_flight);
@@ -681,9 +749,14 @@ async fn finish_batch(queue: &Queue, consumer: &Arc<str>, batch: Vec<Finish>, pr
         })
         .await;
     // Entries first, replies second: a worker that sees its slot free finds its next job waiting.
+    // A call that had to be repeated may have read entries whose reply was lost.
+    let repeated = attempts.load(SeqCst) > 1;
     let replies = match replies {
         Ok((results, fresh)) => {
             if read > 0 {
+                if repeated {
+                    prefetch.reply_lost.store(true, SeqCst);
+                }
                 let orphans = prefetch.store(Some(fresh));
                 if !orphans.is_empty() {
                     give_back_orphans(queue.clone(), consumer.clone(), orphans).await;
@@ -738,6 +811,8 @@ pub enum Failure {
     Retrying { attempt: u32, delay: Duration },
     /// The job ended with a Failed event.
     Failed(Completion),
+    /// The job had been cancelled while it ran: it ended with a Cancelled event instead.
+    Cancelled(Completion),
 }
 
 /// One job taken from the queue. Finish it with [`Delivery::complete`] or [`Delivery::fail`];
@@ -923,6 +998,11 @@ impl Delivery {
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
+        if reply == "cancelled" {
+            return Ok(Failure::Cancelled(
+                self.complete(EventKind::Cancelled).await?,
+            ));
+        }
         match completion(&reply)? {
             Completion::Done => Ok(Failure::Retrying { attempt, delay }),
             other => Ok(Failure::Failed(other)),

@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{FromRedisValue, Value};
 
+use tokio::time::Instant;
+
 use crate::connection::{Connection, is_missing_group, is_transient};
+use crate::consumer::prune_consumers;
 use crate::queue::{create_group, retry_transient};
 use crate::{ContractError, JobEvent, Queue, Result, wire};
 
@@ -18,6 +21,12 @@ pub struct EventEntry {
     pub event: Result<JobEvent, ContractError>,
 }
 
+/// Events a front-end consumer has read but not acknowledged for this long are handed to another
+/// consumer of the same group (its owner is presumed dead).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+/// Consumers silent this long with nothing pending are removed from the group.
+const DEAD_CONSUMER_AFTER: Duration = Duration::from_secs(3600);
+
 pub struct EventReader {
     queue: Queue,
     blocking: Connection,
@@ -26,6 +35,7 @@ pub struct EventReader {
     consumer: String,
     /// Pending entries of this consumer are read again after a start or a failed read.
     check_own_pending: bool,
+    next_reclaim: Instant,
 }
 
 impl EventReader {
@@ -46,6 +56,7 @@ impl EventReader {
             group: group.to_owned(),
             consumer: consumer.to_owned(),
             check_own_pending: true,
+            next_reclaim: Instant::now() + ABANDONED_AFTER,
         };
         reader.create_group().await?;
         Ok(reader)
@@ -57,8 +68,20 @@ impl EventReader {
         Ok(())
     }
 
-    /// Up to `count` events, waiting at most `block` for new ones.
+    /// Up to `count` events, waiting at most `block` (capped at the queue's `block_ms`, which the
+    /// connection's response timeout is sized for) for new ones.
     pub async fn next(&mut self, count: usize, block: Duration) -> Result<Vec<EventEntry>> {
+        if Instant::now() >= self.next_reclaim {
+            self.next_reclaim = Instant::now() + ABANDONED_AFTER;
+            let taken = self.take_abandoned(count).await?;
+            prune_consumers(&self.queue, &self.stream, &self.group, DEAD_CONSUMER_AFTER).await?;
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+        }
+        let block = block
+            .min(Duration::from_millis(self.queue.config.block_ms))
+            .max(Duration::from_millis(1));
         let from = if self.check_own_pending { "0" } else { ">" };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -88,6 +111,26 @@ impl EventReader {
             self.check_own_pending = false;
         }
         Ok(entries.into_iter().map(decode_event).collect())
+    }
+
+    /// Events that another consumer of this group read long ago and never acknowledged.
+    async fn take_abandoned(&self, count: usize) -> Result<Vec<EventEntry>> {
+        let reply: StreamAutoClaimReply = self
+            .queue
+            .with_retry(|mut conn, _| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg(ABANDONED_AFTER.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(reply.claimed.into_iter().map(decode_event).collect())
     }
 
     /// Marks events as handled. Entries stay in the stream for other front-end groups; the stream

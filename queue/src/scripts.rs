@@ -25,6 +25,8 @@ script!(PUBLISH, "scripts/publish.lua");
 script!(RENEW, "scripts/renew.lua");
 script!(DEAD_LETTER, "scripts/dead_letter.lua");
 script!(STATUS, "scripts/status.lua");
+script!(GIVE_BACK, "scripts/give_back.lua");
+script!(PRUNE, "scripts/prune.lua");
 
 /// Stands for the queue position in the Queued event until the submit script knows it.
 pub const POSITION_PLACEHOLDER: u64 = 987_654_321_987_654_321;

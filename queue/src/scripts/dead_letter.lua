@@ -10,7 +10,10 @@ local p = redis.call('XPENDING', jobs, group, entry, entry, '1')
 if #p == 0 or p[1][2] ~= consumer then return 'lost' end
 redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[6], '*', 'entry', entry, 'reason', ARGV[4],
   'fields', ARGV[5], 'job_id', ARGV[8])
-if ARGV[7] ~= '' then
+local state = ARGV[7] ~= '' and redis.call('HGET', status, 'state')
+local ended = state == 'succeeded' or state == 'failed' or state == 'cancelled'
+-- A job whose id already ended (a raw client added it twice) gets no second terminal event.
+if ARGV[7] ~= '' and not ended then
   add_event(events, ARGV[6], ARGV[7])
   redis.call('HSET', status, 'state', 'failed', 'last_event', ARGV[7], 'updated_ms', now_ms(),
     'request', ARGV[10])

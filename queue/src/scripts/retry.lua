@@ -4,7 +4,11 @@
 local jobs, status, events, delayed, delayed_jobs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, consumer, entry, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local owner = ownership(jobs, group, entry, consumer, status)
+-- A repeat of a call whose reply was lost: the job already waits in the delayed set.
+if owner == 'lost' and redis.call('HGET', status, 'state') == 'retrying' then return 'done' end
 if owner ~= 'mine' then return owner end
+-- Someone cancelled the job while this attempt ran: it must not come back.
+if redis.call('HGET', status, 'cancel') == '1' then return 'cancelled' end
 local now = now_ms()
 redis.call('ZADD', delayed, now + tonumber(ARGV[5]), id)
 redis.call('HSET', delayed_jobs, id, ARGV[10] .. ' ' .. ARGV[9])

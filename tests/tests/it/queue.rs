@@ -902,3 +902,147 @@ async fn a_restarted_consumer_takes_back_its_own_jobs_without_waiting_for_the_le
         "others do not get them"
     );
 }
+
+/// The owner of `entry` in the worker group, per XPENDING.
+async fn owner_of(queue: &Queue, entry: &str) -> Option<String> {
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(queue.keys().jobs())
+        .arg("workers")
+        .arg(entry)
+        .arg(entry)
+        .arg(1)
+        .query_async(&mut queue.connection())
+        .await
+        .unwrap();
+    pending.into_iter().next().map(|(_, owner, _, _)| owner)
+}
+
+#[tokio::test]
+async fn a_raw_job_id_added_twice_gets_one_terminal_event() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(&redis, config()).await;
+    let job = r#"{"v":1,"id":"twice","prompt":"p"}"#;
+    xadd_raw(&queue, &[("job", job)]).await;
+    xadd_raw(&queue, &[("job", job)]).await;
+    let mut consumer = Consumer::new(queue.clone(), "w").await.unwrap();
+    for delivery in take(&mut consumer, 2, SECONDS_10).await {
+        delivery.complete(succeeded()).await.unwrap();
+    }
+    let events = events_by_job(&queue, "redis").await;
+    assert_eq!(terminals(&events[&"twice".parse().unwrap()]).len(), 1);
+    assert_eq!(
+        xlen(&queue, queue.keys().jobs()).await,
+        0,
+        "both entries are acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn a_job_cancelled_while_running_does_not_come_back_after_a_failure() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(&redis, config()).await;
+    let id = queue
+        .submit(request("cancel me"))
+        .await
+        .unwrap()
+        .id()
+        .clone();
+    let mut consumer = Consumer::new(queue.clone(), "w").await.unwrap();
+    let delivery = take(&mut consumer, 1, SECONDS_10).await.pop().unwrap();
+    assert_eq!(queue.cancel(&id).await.unwrap(), Cancelled::Requested);
+    let outcome = delivery
+        .fail(FailureCode::StorageUnavailable, "S3 hiccup.".into(), true)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Failure::Cancelled(Completion::Done));
+    assert_eq!(queue.status(&id).await.unwrap().state, JobState::Cancelled);
+    let mut conn = queue.connection();
+    let delayed: u64 = redis::cmd("ZCARD")
+        .arg(queue.keys().delayed())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(delayed, 0, "nothing waits to be retried");
+}
+
+#[tokio::test]
+async fn giving_a_job_back_never_steals_it_from_the_worker_that_took_it_over() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(&redis, config()).await;
+    queue.submit(request("contested")).await.unwrap();
+    let mut first = Consumer::new(queue.clone(), "first").await.unwrap();
+    let delivery = take(&mut first, 1, SECONDS_10).await.pop().unwrap();
+    let entry = delivery.entry_id.clone();
+    // As if the first worker had stalled past its lease and a second one reclaimed the job.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(queue.keys().jobs())
+        .arg("workers")
+        .arg("second")
+        .arg(0)
+        .arg(&entry)
+        .query_async(&mut queue.connection())
+        .await
+        .unwrap();
+    delivery.abandon().await.unwrap();
+    assert_eq!(owner_of(&queue, &entry).await.as_deref(), Some("second"));
+}
+
+#[tokio::test]
+async fn prefetched_jobs_keep_their_lease_until_the_worker_takes_them() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(&redis, config()).await;
+    queue.submit(request("first")).await.unwrap();
+    let mut worker = Consumer::new(queue.clone(), "worker").await.unwrap();
+    let first = take(&mut worker, 1, SECONDS_10).await.pop().unwrap();
+    let second = queue.submit(request("second")).await.unwrap().id().clone();
+    // Finishing the first job reads the second one for this worker in the same call.
+    first.complete(succeeded()).await.unwrap();
+    let mut rival = Consumer::new(queue.clone(), "rival").await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3 * config().lease_ms) {
+        assert!(
+            rival.next_batch(1).await.unwrap().is_empty(),
+            "a prefetched job was taken over"
+        );
+    }
+    let taken = take(&mut worker, 1, SECONDS_10).await.pop().unwrap();
+    assert_eq!((&taken.id, taken.deliveries), (&second, 1));
+}
+
+#[tokio::test]
+async fn finishing_a_job_frees_the_requester_slot_whatever_the_worker_settings() {
+    let redis = RedisServer::start().await;
+    let front = queue_on(
+        &redis,
+        QueueConfig {
+            per_requester_in_flight: 1,
+            ..config()
+        },
+    )
+    .await;
+    let worker_side = queue_on(
+        &redis,
+        QueueConfig {
+            per_requester_in_flight: 0,
+            ..config()
+        },
+    )
+    .await;
+    front.submit(request("one")).await.unwrap();
+    assert!(matches!(
+        front.submit(request("two")).await,
+        Err(QueueError::TooManyInFlight { .. })
+    ));
+    let mut consumer = Consumer::new(worker_side, "w").await.unwrap();
+    take(&mut consumer, 1, SECONDS_10)
+        .await
+        .pop()
+        .unwrap()
+        .complete(succeeded())
+        .await
+        .unwrap();
+    front
+        .submit(request("two"))
+        .await
+        .expect("the slot was freed");
+}
