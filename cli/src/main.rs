@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
     };
     init_logging(cli.log_format.unwrap_or(settings.log.format));
     match commands::run(cli.command, settings).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

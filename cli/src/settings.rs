@@ -6,6 +6,8 @@ use std::path::Path;
 
 use config::{Config, Environment, File, FileFormat};
 use ducks_queue::{QueueConfig, RedisTarget};
+use ducks_runner::run::RunnerConfig;
+use ducks_runner::storage::S3Config;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -15,6 +17,8 @@ use serde::Deserialize;
 pub struct Settings {
     pub redis: RedisSettings,
     pub queue: QueueConfig,
+    pub s3: S3Config,
+    pub runner: RunnerConfig,
     pub log: LogSettings,
 }
 
@@ -189,12 +193,23 @@ mod tests {
             .filter(|(k, _)| k.starts_with("DUCKS_") && !k.contains(' '))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let queue_keys = serde_json::to_value(QueueConfig::default()).unwrap();
-        let mut expected: Vec<String> = queue_keys
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(|k| format!("DUCKS_QUEUE__{}", k.to_uppercase()))
+        let sections = [
+            (
+                "QUEUE",
+                serde_json::to_value(QueueConfig::default()).unwrap(),
+            ),
+            ("S3", serde_json::to_value(S3Config::default()).unwrap()),
+            (
+                "RUNNER",
+                serde_json::to_value(RunnerConfig::default()).unwrap(),
+            ),
+        ];
+        let mut expected: Vec<String> = sections
+            .iter()
+            .flat_map(|(section, value)| {
+                let keys = value.as_object().unwrap().keys();
+                keys.map(move |k| format!("DUCKS_{section}__{}", k.to_uppercase()))
+            })
             .collect();
         expected.extend(
             [
@@ -221,7 +236,11 @@ mod tests {
 
     #[test]
     fn secrets_never_appear_in_debug_output() {
-        let settings = load(&[("DUCKS_REDIS__URL", "redis://:hunter2@db:6379/")]).unwrap();
+        let settings = load(&[
+            ("DUCKS_REDIS__URL", "redis://:hunter2@db:6379/"),
+            ("DUCKS_S3__SECRET_ACCESS_KEY", "hunter2"),
+        ])
+        .unwrap();
         let debug = format!("{settings:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
     }

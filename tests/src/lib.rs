@@ -17,9 +17,13 @@
 //! server's log, so a broken environment fails fast and explains itself
 //! instead of hanging the suite.
 
+mod binary;
 mod cluster;
+mod s3;
 mod server;
 mod support;
 
+pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
+pub use s3::{PlainHttpResponse, S3Server, http_get};
 pub use server::{RedisOptions, RedisServer};

@@ -2,6 +2,8 @@
 
 mod cancel;
 mod config;
+mod models;
+mod runner;
 mod status;
 mod submit;
 
@@ -22,15 +24,24 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// The model catalogue in S3.
+    #[command(subcommand)]
+    Models(models::Command),
+    /// Run one job as a GPU pod does: everything from the environment (docs/runner-contract.md).
+    Runner,
 }
 
-pub async fn run(command: Command, settings: Settings) -> Result<(), Error> {
+/// Runs a command; `Ok` carries the process exit code.
+pub async fn run(command: Command, settings: Settings) -> Result<u8, Error> {
     match command {
-        Command::Submit(args) => submit::run(args, &connect(&settings).await?).await,
-        Command::Status(args) => status::run(args, &connect(&settings).await?).await,
-        Command::Cancel(args) => cancel::run(args, &connect(&settings).await?).await,
-        Command::Config => config::run(&settings),
+        Command::Submit(args) => submit::run(args, &connect(&settings).await?).await?,
+        Command::Status(args) => status::run(args, &connect(&settings).await?).await?,
+        Command::Cancel(args) => cancel::run(args, &connect(&settings).await?).await?,
+        Command::Config => config::run(&settings)?,
+        Command::Models(command) => models::run(command, &settings).await?,
+        Command::Runner => return Ok(runner::run(&settings).await),
     }
+    Ok(0)
 }
 
 async fn connect(settings: &Settings) -> Result<Queue, Error> {

@@ -1,3 +1,5 @@
 mod harness;
 mod queue;
+mod runner;
+mod s3;
 mod support;

@@ -1,0 +1,259 @@
+//! S3 through `aws-sdk-s3`: the bucket that holds model weights and generated images. Used by the
+//! runner, and by the worker and `ducks models` for the catalogue.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+/// Where the bucket is and how to sign for it. Keys left empty fall back to the standard AWS chain
+/// (environment, profile, web identity such as IRSA, instance metadata).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint of an S3-compatible server (MinIO, the embedded dev server); empty for AWS.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    /// Never printed: `Debug` shows `[redacted]`.
+    pub secret_access_key: ducks_queue::Redacted,
+    /// Path-style URLs (`endpoint/bucket/key`), which S3-compatible servers need.
+    pub force_path_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: "ducks".into(),
+            access_key_id: String::new(),
+            secret_access_key: ducks_queue::Redacted(String::new()),
+            force_path_style: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("s3://{bucket}/{key} does not exist")]
+    NotFound { bucket: String, key: String },
+    #[error("S3 is unreachable or refused the request for {key}: {detail}")]
+    Unavailable { key: String, detail: String },
+    #[error("writing {path} failed: {source}")]
+    Local {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A client for one bucket. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl Storage {
+    pub async fn connect(config: &S3Config) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .read_timeout(Duration::from_secs(30))
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .timeout_config(timeouts);
+        if !config.access_key_id.is_empty() {
+            loader = loader.credentials_provider(Credentials::new(
+                &config.access_key_id,
+                &config.secret_access_key.0,
+                None,
+                None,
+                "ducks-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
+        if !config.endpoint.is_empty() {
+            builder = builder.endpoint_url(&config.endpoint);
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// A small object (a manifest) in memory.
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(key, e))?;
+        let body = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unavailable {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Streams an object into `file`, handing each chunk to `inspect` (for hashing). Returns the
+    /// number of bytes written.
+    pub async fn download(
+        &self,
+        key: &str,
+        file: &mut tokio::fs::File,
+        path_for_errors: &str,
+        inspect: &mut dyn FnMut(&[u8]),
+    ) -> Result<u64, StorageError> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(key, e))?;
+        let mut body = object.body;
+        let mut written = 0u64;
+        let local = |source| StorageError::Local {
+            path: path_for_errors.to_owned(),
+            source,
+        };
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StorageError::Unavailable {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            })?
+        {
+            inspect(&chunk);
+            file.write_all(&chunk).await.map_err(local)?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await.map_err(local)?;
+        Ok(written)
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_metadata(Some(metadata))
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.classify(key, e))?;
+        Ok(())
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify(prefix, e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Creates the bucket if it does not exist (development only).
+    pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.classify("", e)),
+        }
+    }
+
+    fn classify<
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    >(
+        &self,
+        key: &str,
+        error: SdkError<E, R>,
+    ) -> StorageError {
+        if matches!(error.code(), Some("NoSuchKey" | "NotFound")) {
+            return StorageError::NotFound {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+            };
+        }
+        let detail = match error.code() {
+            Some(code) => format!("{code}: {}", error.message().unwrap_or_default()),
+            None => aws_smithy_error_chain(&error),
+        };
+        StorageError::Unavailable {
+            key: key.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// The error and its causes on one line: the SDK's top-level text ("dispatch failure") hides
+/// the useful part ("Connection refused").
+fn aws_smithy_error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

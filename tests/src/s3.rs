@@ -1,0 +1,510 @@
+//! An embedded S3-protocol server: [s3s] with the [s3s_fs] backend over a
+//! temporary folder, SigV4 authentication on, served by hyper on a free
+//! loopback port from a tokio task of the caller's runtime.
+//!
+//! Why a real S3 protocol server instead of a mock client: the runner and
+//! `ducks dev` talk to storage through the real `aws-sdk-s3` client, so the
+//! signing, path-style addressing, presigned URLs, checksums and error
+//! mapping are all exercised exactly as in production.
+//!
+//! - [`S3Server::root`] is the served folder: bucket `b`, key `k/x` is the
+//!   file `root/b/k/x` ([`S3Server::object_path`]), so a test can corrupt or
+//!   delete an object behind the server's back. s3s-fs keeps its per-object
+//!   side files (content type, user metadata, ETag, checksums) as hidden
+//!   `.bucket-*.object-*.json` files directly in the root, not in the bucket
+//!   folder.
+//! - Every request is counted by method and object key before s3s sees it
+//!   ([`S3Server::requests`]), so tests can assert how often weights were
+//!   downloaded.
+//! - [`S3Server::stop`] closes the listener and every open connection: the
+//!   endpoint then refuses connections ("S3 is down").
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Fixed test credentials. SigV4 is checked for real, so a client with any
+/// other secret gets `SignatureDoesNotMatch`.
+const ACCESS_KEY: &str = "DUCKSTESTACCESSKEY";
+const SECRET_KEY: &str = "ducks-test-secret-key-0123456789abcdef";
+const REGION: &str = "us-east-1";
+
+/// How long [`S3Server::stop`] may take to close the listener and all
+/// connections before it is called a hang.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Deadline of [`S3Server::create_bucket`] and of one [`http_get`].
+const REQUEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// Timeouts of [`S3Server::client`], so an SDK call never hangs a test.
+const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Requests seen so far, by (HTTP method, object key).
+type Counts = Arc<Mutex<HashMap<(String, String), usize>>>;
+
+/// A running (or stopped) embedded S3 server.
+///
+/// Dropping it aborts the server task, which closes the listener and every
+/// connection, then removes the folder.
+pub struct S3Server {
+    addr: SocketAddr,
+    /// Canonical path of `dir` (s3s-fs canonicalizes its root too).
+    root: PathBuf,
+    counts: Counts,
+    /// `None` once [`S3Server::stop`] ran.
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    /// Declared last so the folder is removed after the task was aborted.
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Server")
+            .field("endpoint", &self.endpoint())
+            .field("root", &self.root)
+            .field("running", &self.task.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Server {
+    /// Starts a server on `127.0.0.1:0` (a free port the OS picks) over a
+    /// new empty temporary folder. No bucket exists yet.
+    ///
+    /// The listener is bound before this returns, so the endpoint accepts
+    /// connections at once: no readiness wait is needed.
+    ///
+    /// Must be called inside a tokio runtime (the server runs in a task of
+    /// it). Panics if the folder or the socket cannot be created.
+    pub async fn start() -> S3Server {
+        let dir = tempfile::Builder::new()
+            .prefix("ducks-s3-")
+            .tempdir()
+            .expect("create the S3 server's temporary folder");
+        let root = dir
+            .path()
+            .canonicalize()
+            .expect("canonicalize the S3 server's folder");
+        let fs = s3s_fs::FileSystem::new(&root).expect("open the folder as an s3s-fs root");
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let counts = Counts::default();
+        let service = Counting {
+            inner: builder.build(),
+            counts: Arc::clone(&counts),
+        };
+
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the S3 server to 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local address of the listener");
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, service, shutdown_rx));
+
+        S3Server {
+            addr,
+            root,
+            counts,
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The port the server listens (or listened, after [`S3Server::stop`]) on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn access_key(&self) -> &str {
+        ACCESS_KEY
+    }
+
+    pub fn secret_key(&self) -> &str {
+        SECRET_KEY
+    }
+
+    /// Always `us-east-1`.
+    pub fn region(&self) -> &str {
+        REGION
+    }
+
+    /// The folder s3s-fs serves: one subfolder per bucket, one file per
+    /// object (keys with `/` become nested folders).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the object `bucket`/`key` is stored under [`S3Server::root`].
+    /// The file exists only once the object was written.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(bucket).join(key)
+    }
+
+    /// Creates `name` through the S3 API (so it also checks the server
+    /// answers). Panics on failure, including "already exists".
+    pub async fn create_bucket(&self, name: &str) {
+        let client = self.client();
+        let request = client.create_bucket().bucket(name).send();
+        match tokio::time::timeout(REQUEST_LIMIT, request).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => panic!(
+                "create bucket {name:?} on {}: {}",
+                self.endpoint(),
+                aws_sdk_s3::error::DisplayErrorContext(&err)
+            ),
+            Err(_) => panic!(
+                "create bucket {name:?} on {}: no answer within {REQUEST_LIMIT:?}",
+                self.endpoint()
+            ),
+        }
+    }
+
+    /// The configuration [`S3Server::client`] uses, for tests that need to
+    /// change something (credentials, retries, timeouts) before building.
+    pub fn client_config(&self) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(
+                ACCESS_KEY,
+                SECRET_KEY,
+                None,
+                None,
+                "ducks-tests",
+            ))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CLIENT_CONNECT_TIMEOUT)
+                    .operation_timeout(CLIENT_OPERATION_TIMEOUT)
+                    .build(),
+            )
+    }
+
+    /// An `aws-sdk-s3` client for this server: path-style addressing, the
+    /// fixed credentials and region, the SDK's default retries, a 5 s
+    /// connect and a 60 s operation timeout (so no call hangs a test; a
+    /// streaming body is not covered by the latter).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(self.client_config().build())
+    }
+
+    /// How many requests with HTTP method `method` (case-insensitive) had
+    /// the path `/<bucket>/<key>` with a non-empty `key` (percent-decoded)
+    /// starting with `key_prefix`, in any bucket, since start or the last
+    /// [`S3Server::reset_counts`].
+    ///
+    /// Counted when the request arrives, before s3s authenticates or handles
+    /// it, so rejected requests count too. Bucket-level requests (listing,
+    /// creating a bucket) have no key and are never counted.
+    pub fn requests(&self, method: &str, key_prefix: &str) -> usize {
+        let method = method.to_ascii_uppercase();
+        lock(&self.counts)
+            .iter()
+            .filter(|((m, key), _)| *m == method && key.starts_with(key_prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Forgets every count [`S3Server::requests`] reports.
+    pub fn reset_counts(&self) {
+        lock(&self.counts).clear();
+    }
+
+    /// Stops accepting, closes the listener and every open connection, and
+    /// waits until all of that happened: from then on the endpoint refuses
+    /// connections. Stored objects stay in [`S3Server::root`]. Calling it
+    /// again does nothing.
+    ///
+    /// Panics if the server task does not finish within 10 s.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            // An error means the task already ended (it dropped the receiver).
+            let _ = shutdown.send(());
+        }
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        match tokio::time::timeout(STOP_LIMIT, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => panic!("the S3 server task failed: {err}"),
+            Err(_) => panic!("the S3 server did not stop within {STOP_LIMIT:?}"),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Dropping the task's future drops the listener and the JoinSet
+            // of connections, which aborts them.
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking test thread must not turn every later count into a panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Accepts connections until `shutdown` fires (or its sender is dropped),
+/// then drops the listener and aborts every connection, waiting for them.
+async fn serve(listener: TcpListener, service: Counting, mut shutdown: oneshot::Receiver<()>) {
+    let http = ConnBuilder::new(TokioExecutor::new());
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                // Accept errors (a connection reset before it was accepted,
+                // out of file descriptors) only affect that connection.
+                let Ok((stream, _)) = accepted else { continue };
+                let http = http.clone();
+                let service = service.clone();
+                connections.spawn(async move {
+                    // A client hanging up mid-request is not a server failure.
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// The s3s service with a request counter in front of it.
+#[derive(Clone)]
+struct Counting {
+    inner: S3Service,
+    counts: Counts,
+}
+
+impl Service<hyper::Request<Incoming>> for Counting {
+    type Response = <S3Service as Service<hyper::Request<Incoming>>>::Response;
+    type Error = <S3Service as Service<hyper::Request<Incoming>>>::Error;
+    type Future = <S3Service as Service<hyper::Request<Incoming>>>::Future;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        if let Some(key) = object_key(req.uri().path()) {
+            *lock(&self.counts)
+                .entry((req.method().as_str().to_owned(), key))
+                .or_default() += 1;
+        }
+        Service::call(&self.inner, req)
+    }
+}
+
+/// The percent-decoded key of a path-style object path `/<bucket>/<key>`,
+/// or `None` for paths without a key (`/`, `/<bucket>`, `/<bucket>/`).
+fn object_key(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let (_bucket, key) = rest.split_once('/')?;
+    if key.is_empty() {
+        return None;
+    }
+    Some(percent_decode(key))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response read by [`http_get`].
+#[derive(Clone, Debug)]
+pub struct PlainHttpResponse {
+    pub status: u16,
+    /// In arrival order; names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// De-chunked if the server used chunked transfer encoding.
+    pub body: Vec<u8>,
+}
+
+impl PlainHttpResponse {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One plain `GET` of an `http://host:port/...` URL (a presigned URL, say)
+/// over a fresh HTTP/1.1 connection, as a browser or `curl` would send it:
+/// no signing, no headers beyond `Host`. Errors after 30 s.
+///
+/// Written by hand on a `TcpStream` so the suite needs no HTTP client crate.
+pub async fn http_get(url: &str) -> io::Result<PlainHttpResponse> {
+    match tokio::time::timeout(REQUEST_LIMIT, http_get_inner(url)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("GET {url}: no complete answer within {REQUEST_LIMIT:?}"),
+        )),
+    }
+}
+
+async fn http_get_inner(url: &str) -> io::Result<PlainHttpResponse> {
+    let invalid =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {url}"));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| invalid("only http:// URLs are supported"))?;
+    let (authority, path_and_query) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let path_and_query = if path_and_query.starts_with('/') {
+        path_and_query.to_owned()
+    } else {
+        format!("/{path_and_query}")
+    };
+    if authority.is_empty() {
+        return Err(invalid("no host in URL"));
+    }
+
+    let mut stream = TcpStream::connect(authority).await?;
+    let request = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> io::Result<PlainHttpResponse> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("response without a complete header"))?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| bad("non-UTF-8 header"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("malformed status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut response = PlainHttpResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let payload = &raw[head_end + 4..];
+    let chunked = response
+        .header("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    response.body = if chunked {
+        dechunk(payload).ok_or_else(|| bad("malformed chunked body"))?
+    } else if let Some(len) = response.header("content-length") {
+        let len: usize = len.parse().map_err(|_| bad("malformed content-length"))?;
+        payload
+            .get(..len)
+            .ok_or_else(|| bad("body shorter than content-length"))?
+            .to_vec()
+    } else {
+        payload.to_vec()
+    };
+    Ok(response)
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_field = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size_hex = size_field.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_key_needs_bucket_and_key() {
+        assert_eq!(object_key("/"), None);
+        assert_eq!(object_key("/bucket"), None);
+        assert_eq!(object_key("/bucket/"), None);
+        assert_eq!(object_key("/b/k").as_deref(), Some("k"));
+        assert_eq!(
+            object_key("/b/models/tiny-sd/unet.safetensors").as_deref(),
+            Some("models/tiny-sd/unet.safetensors")
+        );
+        assert_eq!(object_key("/b/a%20b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(object_key("/b/100%").as_deref(), Some("100%"));
+    }
+
+    #[test]
+    fn parses_plain_and_chunked_responses() {
+        let plain =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc").unwrap();
+        assert_eq!(plain.status, 200);
+        assert_eq!(plain.header("x-a"), Some("b"));
+        assert_eq!(plain.body, b"abc");
+
+        let chunked = parse_response(
+            b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(chunked.status, 403);
+        assert_eq!(chunked.body, b"abcde");
+    }
+}

@@ -1,0 +1,386 @@
+//! The real `ducks runner` binary against a real S3-protocol server, with tiny-sd.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ducks_queue::{JobId, JobRequest, Origin, wire};
+use ducks_runner::catalogue;
+use ducks_runner::contract::{Failure, Line, RunResult};
+use ducks_runner::diffusion::{self, Family};
+use ducks_runner::import::{ImportSpec, import_folder};
+use ducks_runner::storage::{S3Config, Storage};
+use ducks_tests::{S3Server, ducks_binary};
+
+const BUCKET: &str = "ducks";
+
+/// An S3 server with the bucket and tiny-sd in it, and a storage client for it.
+struct World {
+    s3: S3Server,
+    storage: Storage,
+    config: S3Config,
+    /// Cache folders and termination logs live here.
+    scratch: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        let s3 = S3Server::start().await;
+        s3.create_bucket(BUCKET).await;
+        let config = S3Config {
+            endpoint: s3.endpoint(),
+            region: s3.region().into(),
+            bucket: BUCKET.into(),
+            access_key_id: s3.access_key().into(),
+            secret_access_key: ducks_queue::Redacted(s3.secret_key().into()),
+            force_path_style: true,
+        };
+        let storage = Storage::connect(&config).await;
+        let scratch = tempfile::tempdir().unwrap();
+        let model_dir = scratch.path().join("tiny-model");
+        diffusion::create_tiny(&model_dir).unwrap();
+        let spec = ImportSpec {
+            id: "tiny-sd".into(),
+            family: Family::Tiny,
+            name: None,
+            description: Some("Random weights: draws noise.".into()),
+            tags: vec![],
+        };
+        import_folder(&storage, &model_dir, spec).await.unwrap();
+        Self {
+            s3,
+            storage,
+            config,
+            scratch,
+        }
+    }
+
+    fn cache(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// Starts `ducks runner` for `job` with its cache in `cache`.
+    fn command(&self, job: &JobRequest, cache: &Path) -> (Command, PathBuf) {
+        let termination = cache.with_extension("termination");
+        let mut cmd = Command::new(ducks_binary());
+        cmd.arg("runner")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DUCKS_RUNNER__JOB", wire::encode(job))
+            .env("DUCKS_RUNNER__CACHE_DIR", cache)
+            .env("DUCKS_RUNNER__TERMINATION_LOG", &termination)
+            .env("DUCKS_S3__ENDPOINT", &self.config.endpoint)
+            .env("DUCKS_S3__REGION", &self.config.region)
+            .env("DUCKS_S3__BUCKET", BUCKET)
+            .env("DUCKS_S3__ACCESS_KEY_ID", &self.config.access_key_id)
+            .env(
+                "DUCKS_S3__SECRET_ACCESS_KEY",
+                &self.config.secret_access_key.0,
+            )
+            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .current_dir(self.scratch.path());
+        (cmd, termination)
+    }
+
+    /// Runs the runner to its end: exit code, parsed stdout lines, termination message.
+    async fn run(&self, job: &JobRequest, cache: &Path) -> Run {
+        let (mut cmd, termination) = self.command(job, cache);
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("start ducks runner");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let lines: Vec<Line> = stdout
+            .lines()
+            .map(|l| {
+                Line::parse(l).unwrap_or_else(|| {
+                    panic!(
+                        "not a runner line: {l}\nstderr: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                })
+            })
+            .collect();
+        Run {
+            code: output.status.code(),
+            lines,
+            termination: std::fs::read_to_string(termination).unwrap_or_default(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// GETs of weight files (the manifest excluded).
+    fn weight_downloads(&self) -> usize {
+        self.s3.requests("GET", "models/tiny-sd/")
+            - self.s3.requests("GET", "models/tiny-sd/model.toml")
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    lines: Vec<Line>,
+    termination: String,
+    stderr: String,
+}
+
+impl Run {
+    fn result(&self) -> &RunResult {
+        match self.lines.last() {
+            Some(Line::Result(result)) => result,
+            other => panic!(
+                "no result (exit {:?}): {other:?}\nstderr: {}",
+                self.code, self.stderr
+            ),
+        }
+    }
+
+    fn error(&self) -> (Failure, &str) {
+        match self.lines.last() {
+            Some(Line::Error(e)) => (e.failure, e.message.as_str()),
+            other => panic!("no error line (exit {:?}): {other:?}", self.code),
+        }
+    }
+}
+
+fn job(seed: u64, size: u32) -> JobRequest {
+    let mut job = JobRequest::new("a rubber duck in space", Origin::Cli);
+    job.id = Some(JobId::generate());
+    job.model = Some("tiny-sd".into());
+    job.seed = Some(seed);
+    job.width = Some(size);
+    job.height = Some(size);
+    job.steps = Some(2);
+    job
+}
+
+async fn object(
+    world: &World,
+    key: &str,
+) -> (Vec<u8>, aws_sdk_s3::operation::get_object::GetObjectOutput) {
+    let out = world
+        .s3
+        .client()
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .expect("the image is in S3");
+    let mut out = out;
+    let body = std::mem::replace(
+        &mut out.body,
+        aws_sdk_s3::primitives::ByteStream::from_static(b""),
+    );
+    (body.collect().await.unwrap().into_bytes().to_vec(), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_sd_goes_from_weights_in_s3_to_a_png_in_s3() {
+    let world = World::new().await;
+    let job = job(42, 64);
+    let run = world.run(&job, &world.cache("cache")).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let result = run.result();
+    assert_eq!(
+        run.termination,
+        Line::Result(result.clone()).to_json(),
+        "the termination message holds the result"
+    );
+    let progress: Vec<(u32, u32)> = run
+        .lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Progress { step, total } => Some((*step, *total)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, vec![(1, 2), (2, 2)]);
+    let phases = run
+        .lines
+        .iter()
+        .filter(|l| matches!(l, Line::Phase { .. }))
+        .count();
+    assert_eq!(phases, 4, "download, load, generate, upload");
+
+    let image = &result.images[0];
+    assert_eq!((image.width, image.height, image.seed), (64, 64, 42));
+    let id = job.id.as_ref().unwrap();
+    assert!(
+        image.key.starts_with("images/") && image.key.ends_with(&format!("/{id}/0.png")),
+        "{}",
+        image.key
+    );
+    let (bytes, head) = object(&world, &image.key).await;
+    assert_eq!(head.content_type(), Some("image/png"));
+    assert_eq!(head.metadata().unwrap()["seed"], "42");
+    let reader = png::Decoder::new(std::io::Cursor::new(&bytes))
+        .read_info()
+        .unwrap();
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (64, 64));
+    let text = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .expect("parameters chunk");
+    assert!(
+        text.text.starts_with("a rubber duck in space\nSteps: 2, "),
+        "{}",
+        text.text
+    );
+    assert!(
+        text.text.contains("Seed: 42, Size: 64x64, Model: tiny-sd"),
+        "{}",
+        text.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_gives_the_same_bytes_and_another_seed_does_not() {
+    let world = World::new().await;
+    let cache = world.cache("cache");
+    let mut images = Vec::new();
+    for seed in [7, 7, 8] {
+        let run = world.run(&job(seed, 64), &cache).await;
+        images.push(object(&world, &run.result().images[0].key).await.0);
+    }
+    assert_eq!(images[0], images[1]);
+    assert_ne!(images[0], images[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_cache_reads_no_weights_and_runners_started_together_download_once() {
+    let world = World::new().await;
+    let files = catalogue::load(&world.storage, "tiny-sd")
+        .await
+        .unwrap()
+        .files
+        .len();
+    world.s3.reset_counts();
+    let cache = world.cache("shared");
+    let (mut a, _) = world.command(&job(1, 64), &cache);
+    let (mut b, _) = world.command(&job(2, 64), &cache);
+    let (a, b) = (a.output().unwrap(), b.output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert_eq!(
+        world.weight_downloads(),
+        files,
+        "each file downloaded once by two runners together"
+    );
+
+    world.s3.reset_counts();
+    let warm = world.run(&job(3, 64), &cache).await;
+    assert_eq!(warm.result().timings.files_downloaded, 0);
+    assert_eq!(
+        world.weight_downloads(),
+        0,
+        "a second run reads no weights from S3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cache_file_is_fetched_again() {
+    let world = World::new().await;
+    let cache = world.cache("cache");
+    assert_eq!(world.run(&job(1, 64), &cache).await.code, Some(0));
+    let blob = std::fs::read_dir(cache.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_none())
+        .unwrap();
+    let size = std::fs::metadata(&blob).unwrap().len() as usize;
+    std::fs::write(&blob, vec![0u8; size]).unwrap();
+    let run = world.run(&job(1, 64), &cache).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.result().timings.files_downloaded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_object_in_s3_exits_3_naming_the_file() {
+    let world = World::new().await;
+    let manifest = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    let file = manifest.files.iter().find(|f| f.role == "unet").unwrap();
+    let key = manifest.key_of(file);
+    let wrong = vec![1u8; file.size as usize];
+    world
+        .storage
+        .put(&key, wrong, "application/octet-stream", Default::default())
+        .await
+        .unwrap();
+    let run = world.run(&job(1, 64), &world.cache("cache")).await;
+    assert_eq!(run.code, Some(3));
+    let (failure, message) = run.error();
+    assert_eq!(failure, Failure::WeightsCorrupt);
+    assert!(message.contains(&key), "{message}");
+    assert!(run.termination.contains("weights_corrupt"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_exit_2_and_storage_trouble_exits_5() {
+    let mut world = World::new().await;
+    let mut unknown = job(1, 64);
+    unknown.model = Some("sd9".into());
+    let run = world.run(&unknown, &world.cache("cache")).await;
+    assert_eq!(
+        (run.code, run.error()),
+        (Some(2), (Failure::BadRequest, "There is no model `sd9`."))
+    );
+
+    let run = world.run(&job(1, 1024), &world.cache("cache")).await;
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.error().1.contains("larger than tiny-sd allows"),
+        "{}",
+        run.error().1
+    );
+
+    world.s3.stop().await;
+    let run = world.run(&job(1, 64), &world.cache("cache")).await;
+    assert_eq!(run.code, Some(5), "{}", run.stderr);
+    assert_eq!(run.error().0, Failure::StorageUnavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_manifest_is_refused_naming_the_key() {
+    let world = World::new().await;
+    let key = "models/tiny-sd/model.toml";
+    let mut manifest = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    manifest.defaults.steps = 0;
+    let broken = manifest.to_toml().into_bytes();
+    world
+        .storage
+        .put(key, broken, "application/toml", Default::default())
+        .await
+        .unwrap();
+    let run = world.run(&job(1, 64), &world.cache("cache")).await;
+    assert_eq!(run.code, Some(3));
+    assert!(
+        run.error().1.contains("key `defaults.steps`"),
+        "{}",
+        run.error().1
+    );
+    let (models, broken) = catalogue::list(&world.storage).await.unwrap();
+    assert!(models.is_empty());
+    assert_eq!(broken.len(), 1, "listed as broken, not half-loaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_model_is_listed() {
+    let world = World::new().await;
+    let (models, broken) = catalogue::list(&world.storage).await.unwrap();
+    assert!(broken.is_empty());
+    assert_eq!(
+        models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["tiny-sd"]
+    );
+    let tiny = &models[0];
+    assert_eq!(tiny.family, "tiny-sd");
+    assert!(
+        tiny.files
+            .iter()
+            .all(|f| f.sha256.len() == 64 && f.size > 0)
+    );
+}
