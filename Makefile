@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint bench-queue
+.PHONY: test lint bench-queue bench-runner
 
 ## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
 test:
@@ -20,3 +20,8 @@ bench-queue:
 	@scripts/ensure-tools redis node
 	@[ -d bench/bullmq/node_modules ] || npm ci --prefix bench/bullmq --no-audit --no-fund
 	$(CARGO) bench -p ducks-tests --bench queue --locked
+
+## tiny-sd timings and runner start-up, cold and warm cache (see BENCHMARKS.md).
+bench-runner:
+	$(CARGO) build --release --locked -p ducks
+	$(CARGO) bench -p ducks-tests --bench runner --locked

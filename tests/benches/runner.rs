@@ -1,0 +1,114 @@
+//! The runner benchmark: tiny-sd on the CPU, seconds per image at 64x64 and 256x256 for 1, 4 and
+//! 20 steps (the pipeline in process), and `ducks runner` from process start to its first
+//! denoising step with a cold and a warm weight cache (the release binary against the embedded
+//! S3 server). Run with `make bench-runner`; figures go to BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use ducks_queue::{JobId, JobRequest, Origin, Redacted, wire};
+use ducks_runner::diffusion::{self, Family, GenerateParams, ModelFiles, Pipeline};
+use ducks_runner::import::{ImportSpec, import_folder};
+use ducks_runner::storage::{S3Config, Storage};
+use ducks_tests::{S3Server, ducks_binary};
+
+const ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Seconds to generate one image, median of [`ROUNDS`].
+fn seconds_per_image(pipeline: &Pipeline, side: u32, steps: u32) -> f64 {
+    let times = (0..ROUNDS)
+        .map(|round| {
+            let mut params = GenerateParams::defaults(Family::Tiny, "a rubber duck in space");
+            (params.width, params.height, params.steps, params.seed) = (side, side, steps, round as u64);
+            let started = Instant::now();
+            pipeline.generate(&params, &mut |_, _| {}).expect("tiny-sd generates");
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(times)
+}
+
+/// Milliseconds from starting `ducks runner` to its first progress line.
+fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
+    let mut job = JobRequest::new("a rubber duck in space", Origin::Cli);
+    job.id = Some(JobId::generate());
+    job.model = Some("tiny-sd".into());
+    (job.width, job.height, job.steps) = (Some(64), Some(64), Some(2));
+    let started = Instant::now();
+    let mut child = Command::new(ducks_binary())
+        .arg("runner")
+        .env("DUCKS_RUNNER__JOB", wire::encode(&job))
+        .env("DUCKS_RUNNER__CACHE_DIR", cache)
+        .env("DUCKS_RUNNER__TERMINATION_LOG", cache.with_extension("termination"))
+        .env("DUCKS_S3__ENDPOINT", &s3.endpoint)
+        .env("DUCKS_S3__BUCKET", &s3.bucket)
+        .env("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id)
+        .env("DUCKS_S3__SECRET_ACCESS_KEY", &s3.secret_access_key.0)
+        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the release ducks binary (make bench-runner builds it)");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first_step = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("runner stdout");
+        if first_step.is_none() && line.contains("\"event\":\"progress\"") {
+            first_step = Some(started.elapsed());
+        }
+    }
+    assert!(child.wait().expect("runner exits").success(), "the runner failed");
+    first_step.expect("a progress line").as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let scratch = tempfile::tempdir().expect("scratch folder");
+    let model_dir = scratch.path().join("tiny-sd");
+    let files: ModelFiles = diffusion::create_tiny(&model_dir).expect("create tiny-sd").into_iter().collect();
+    let pipeline = Pipeline::load(Family::Tiny, &files, &diffusion::device()).expect("load tiny-sd");
+
+    println!("| tiny-sd on CPU | 1 step | 4 steps | 20 steps |");
+    println!("|---|---:|---:|---:|");
+    for side in [64, 256] {
+        let cells: Vec<String> = [1, 4, 20]
+            .into_iter()
+            .map(|steps| format!("{:.3} s", seconds_per_image(&pipeline, side, steps)))
+            .collect();
+        println!("| {side}x{side}, seconds per image | {} |", cells.join(" | "));
+    }
+
+    let server = S3Server::start().await;
+    server.create_bucket("ducks").await;
+    let s3 = S3Config {
+        endpoint: server.endpoint(),
+        bucket: "ducks".into(),
+        access_key_id: server.access_key().into(),
+        secret_access_key: Redacted(server.secret_key().into()),
+        force_path_style: true,
+        ..S3Config::default()
+    };
+    let storage = Storage::connect(&s3).await;
+    let spec = ImportSpec { id: "tiny-sd".into(), family: Family::Tiny, name: None, description: None, tags: vec![] };
+    import_folder(&storage, &model_dir, spec).await.expect("import tiny-sd");
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let cache = scratch.path().join(format!("cache-{round}"));
+        let s3 = s3.clone();
+        let (c, w) = tokio::task::spawn_blocking(move || (start_to_first_step(&s3, &cache), start_to_first_step(&s3, &cache)))
+            .await
+            .expect("runner rounds");
+        cold.push(c);
+        warm.push(w);
+    }
+    println!();
+    println!("| ducks runner, start to first step (64x64) | cold cache | warm cache |");
+    println!("|---|---:|---:|");
+    println!("| milliseconds, median of {ROUNDS} | {:.0} | {:.0} |", median(cold), median(warm));
+}
