@@ -8,6 +8,8 @@ CARGO ?= cargo
 ## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
 test:
 	@scripts/ensure-tools redis
+	# The end-to-end suite runs the real `ducks` binary, which `cargo test` alone does not build.
+	$(CARGO) build --locked -p ducks
 	$(CARGO) test --workspace --locked
 
 ## What CI's reviewers also expect to be clean.

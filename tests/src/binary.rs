@@ -1,5 +1,5 @@
-//! The `ducks` binary under test: the real one, built by `cargo test --workspace` beside this
-//! test binary (`target/<profile>/ducks`).
+//! The `ducks` binary under test: the real one, built by `make test` (`cargo build -p ducks`)
+//! beside this test binary (`target/<profile>/ducks`).
 
 use std::path::PathBuf;
 
