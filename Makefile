@@ -8,8 +8,9 @@ CARGO ?= cargo
 ## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
 test:
 	@scripts/ensure-tools redis
-	# The end-to-end suite runs the real `ducks` binary, which `cargo test` alone does not build.
-	$(CARGO) build --locked -p ducks
+	# The end-to-end suite runs the real `ducks` binary, which `cargo test` alone does not build;
+	# building every target keeps the features the same as the test run, so nothing builds twice.
+	$(CARGO) build --workspace --all-targets --locked
 	$(CARGO) test --workspace --locked
 
 ## What CI's reviewers also expect to be clean.
