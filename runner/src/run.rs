@@ -163,6 +163,8 @@ async fn run_job(
             .await
             .map_err(|e| fail(Failure::Crashed, e.to_string()))?
             .map_err(diffusion_failure)?;
+    // The pipeline's own scheduler: tiny-sd's config may name another than its family's.
+    let sampler = pipeline.scheduler_name();
     let load_ms = elapsed_ms(phase);
     emit(
         out,
@@ -211,7 +213,7 @@ async fn run_job(
             prompt: params.prompt.clone(),
             negative_prompt: params.negative_prompt.clone(),
             steps: params.steps,
-            sampler: family.scheduler_name().to_owned(),
+            sampler: sampler.to_owned(),
             guidance: params.guidance,
             seed,
             width: picture.width,

@@ -25,9 +25,12 @@ fn seconds_per_image(pipeline: &Pipeline, side: u32, steps: u32) -> f64 {
     let times = (0..ROUNDS)
         .map(|round| {
             let mut params = GenerateParams::defaults(Family::Tiny, "a rubber duck in space");
-            (params.width, params.height, params.steps, params.seed) = (side, side, steps, round as u64);
+            (params.width, params.height, params.steps, params.seed) =
+                (side, side, steps, round as u64);
             let started = Instant::now();
-            pipeline.generate(&params, &mut |_, _| {}).expect("tiny-sd generates");
+            pipeline
+                .generate(&params, &mut |_, _| {})
+                .expect("tiny-sd generates");
             started.elapsed().as_secs_f64()
         })
         .collect();
@@ -45,7 +48,10 @@ fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
         .arg("runner")
         .env("DUCKS_RUNNER__JOB", wire::encode(&job))
         .env("DUCKS_RUNNER__CACHE_DIR", cache)
-        .env("DUCKS_RUNNER__TERMINATION_LOG", cache.with_extension("termination"))
+        .env(
+            "DUCKS_RUNNER__TERMINATION_LOG",
+            cache.with_extension("termination"),
+        )
         .env("DUCKS_S3__ENDPOINT", &s3.endpoint)
         .env("DUCKS_S3__BUCKET", &s3.bucket)
         .env("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id)
@@ -63,7 +69,10 @@ fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
             first_step = Some(started.elapsed());
         }
     }
-    assert!(child.wait().expect("runner exits").success(), "the runner failed");
+    assert!(
+        child.wait().expect("runner exits").success(),
+        "the runner failed"
+    );
     first_step.expect("a progress line").as_secs_f64() * 1000.0
 }
 
@@ -71,8 +80,12 @@ fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
 async fn main() {
     let scratch = tempfile::tempdir().expect("scratch folder");
     let model_dir = scratch.path().join("tiny-sd");
-    let files: ModelFiles = diffusion::create_tiny(&model_dir).expect("create tiny-sd").into_iter().collect();
-    let pipeline = Pipeline::load(Family::Tiny, &files, &diffusion::device()).expect("load tiny-sd");
+    let files: ModelFiles = diffusion::create_tiny(&model_dir)
+        .expect("create tiny-sd")
+        .into_iter()
+        .collect();
+    let pipeline =
+        Pipeline::load(Family::Tiny, &files, &diffusion::device()).expect("load tiny-sd");
 
     println!("| tiny-sd on CPU | 1 step | 4 steps | 20 steps |");
     println!("|---|---:|---:|---:|");
@@ -81,7 +94,10 @@ async fn main() {
             .into_iter()
             .map(|steps| format!("{:.3} s", seconds_per_image(&pipeline, side, steps)))
             .collect();
-        println!("| {side}x{side}, seconds per image | {} |", cells.join(" | "));
+        println!(
+            "| {side}x{side}, seconds per image | {} |",
+            cells.join(" | ")
+        );
     }
 
     let server = S3Server::start().await;
@@ -95,20 +111,37 @@ async fn main() {
         ..S3Config::default()
     };
     let storage = Storage::connect(&s3).await;
-    let spec = ImportSpec { id: "tiny-sd".into(), family: Family::Tiny, name: None, description: None, tags: vec![] };
-    import_folder(&storage, &model_dir, spec).await.expect("import tiny-sd");
+    let spec = ImportSpec {
+        id: "tiny-sd".into(),
+        family: Family::Tiny,
+        name: None,
+        description: None,
+        tags: vec![],
+    };
+    import_folder(&storage, &model_dir, spec)
+        .await
+        .expect("import tiny-sd");
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let cache = scratch.path().join(format!("cache-{round}"));
         let s3 = s3.clone();
-        let (c, w) = tokio::task::spawn_blocking(move || (start_to_first_step(&s3, &cache), start_to_first_step(&s3, &cache)))
-            .await
-            .expect("runner rounds");
+        let (c, w) = tokio::task::spawn_blocking(move || {
+            (
+                start_to_first_step(&s3, &cache),
+                start_to_first_step(&s3, &cache),
+            )
+        })
+        .await
+        .expect("runner rounds");
         cold.push(c);
         warm.push(w);
     }
     println!();
     println!("| ducks runner, start to first step (64x64) | cold cache | warm cache |");
     println!("|---|---:|---:|");
-    println!("| milliseconds, median of {ROUNDS} | {:.0} | {:.0} |", median(cold), median(warm));
+    println!(
+        "| milliseconds, median of {ROUNDS} | {:.0} | {:.0} |",
+        median(cold),
+        median(warm)
+    );
 }

@@ -123,12 +123,10 @@ pub struct RgbImage {
 /// The device to run on: the first CUDA GPU when built with the `cuda` feature and one is
 /// usable, else the CPU.
 pub fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    {
-        match Device::new_cuda(0) {
-            Ok(device) => return device,
-            Err(error) => tracing::warn!(%error, "no usable CUDA device; running on the CPU"),
-        }
-    }
-    Device::Cpu
+    // Without the feature this is the CPU at once; with it, a GPU that fails to initialise
+    // (no driver, no device) falls back to the CPU rather than failing the job.
+    Device::cuda_if_available(0).unwrap_or_else(|error| {
+        tracing::warn!(%error, "no usable CUDA device; running on the CPU");
+        Device::Cpu
+    })
 }

@@ -584,3 +584,44 @@ mod real_shapes {
         smoke(Family::SdxlTurbo);
     }
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn without_the_cuda_feature_the_device_is_the_cpu() {
+    assert!(device().is_cpu());
+}
+
+/// The real families run the same loader: handed tiny-sd's files, they find every role they
+/// need and then report the text encoder (the first file read) as not fitting.
+#[test]
+fn real_families_report_wrong_weights_as_corrupt() {
+    let tiny = &shared().1;
+    for family in Family::ALL.into_iter().filter(|f| *f != Family::Tiny) {
+        let mut files = tiny.clone();
+        let error = Pipeline::load(family, &files, &Device::Cpu).unwrap_err();
+        if family.is_xl() {
+            assert!(
+                matches!(
+                    error,
+                    DiffusionError::MissingWeights {
+                        role: FileRole::TextEncoder2 | FileRole::Tokenizer2,
+                        path: None
+                    }
+                ),
+                "{family}: {error:?}"
+            );
+            files.insert(
+                FileRole::TextEncoder2,
+                tiny.get(FileRole::TextEncoder).unwrap(),
+            );
+            files.insert(FileRole::Tokenizer2, tiny.get(FileRole::Tokenizer).unwrap());
+        }
+        match Pipeline::load(family, &files, &Device::Cpu).unwrap_err() {
+            DiffusionError::CorruptWeights {
+                role: FileRole::TextEncoder,
+                ..
+            } => {}
+            other => panic!("{family}: expected a corrupt text encoder, got {other:?}"),
+        }
+    }
+}

@@ -117,13 +117,14 @@ pub fn create_tiny(dir: &Path) -> Result<Vec<(FileRole, PathBuf)>, DiffusionErro
     };
     std::fs::create_dir_all(dir).map_err(|e| other(&dir.display().to_string(), &e))?;
     let config = tiny_config();
-    let path = |role: FileRole| {
-        let name = TINY_FILES
-            .iter()
-            .find(|(r, _)| *r == role)
-            .map_or("unknown", |(_, name)| name);
-        dir.join(name)
-    };
+    // In TINY_FILES' order.
+    let [
+        unet_path,
+        vae_path,
+        text_encoder_path,
+        tokenizer_path,
+        config_path,
+    ] = TINY_FILES.map(|(_, name)| dir.join(name));
     let device = Device::Cpu;
 
     config.check().map_err(|e| other("config", &e))?;
@@ -138,34 +139,33 @@ pub fn create_tiny(dir: &Path) -> Result<Vec<(FileRole, PathBuf)>, DiffusionErro
         config.unet_config(),
     )
     .map_err(|e| other("unet", &e))?;
-    save(&weights, &path(FileRole::Unet)).map_err(|e| other("unet", &e))?;
+    save(&weights, &unet_path).map_err(|e| other("unet", &e))?;
 
     let (vb, weights) = recording_var_builder(WEIGHT_SEED ^ fnv1a(b"vae"), &device);
     AutoEncoderKL::new(vb, 3, 3, config.vae_config()).map_err(|e| other("vae", &e))?;
-    save(&weights, &path(FileRole::Vae)).map_err(|e| other("vae", &e))?;
+    save(&weights, &vae_path).map_err(|e| other("vae", &e))?;
 
     let (vb, weights) = recording_var_builder(WEIGHT_SEED ^ fnv1a(b"text_encoder"), &device);
     ClipTextTransformer::new(vb, &config.text_encoder).map_err(|e| other("text encoder", &e))?;
-    save(&weights, &path(FileRole::TextEncoder)).map_err(|e| other("text encoder", &e))?;
+    save(&weights, &text_encoder_path).map_err(|e| other("text encoder", &e))?;
 
     let tokenizer = tiny_tokenizer().map_err(|e| other("tokenizer", &e))?;
     let json = tokenizer
         .to_string(false)
         .map_err(|e| other("tokenizer", &e))?;
-    write(&path(FileRole::Tokenizer), json.as_bytes()).map_err(|e| other("tokenizer", &e))?;
+    std::fs::write(&tokenizer_path, json).map_err(|e| other("tokenizer", &e))?;
 
     let json = serde_json::to_string_pretty(&config).map_err(|e| other("config", &e))?;
-    write(&path(FileRole::Config), json.as_bytes()).map_err(|e| other("config", &e))?;
+    std::fs::write(&config_path, json).map_err(|e| other("config", &e))?;
 
     tracing::debug!(dir = %dir.display(), "created tiny-sd");
-    Ok(TINY_FILES
-        .iter()
-        .map(|&(role, _)| (role, path(role)))
-        .collect())
-}
-
-fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
+    Ok(vec![
+        (FileRole::Unet, unet_path),
+        (FileRole::Vae, vae_path),
+        (FileRole::TextEncoder, text_encoder_path),
+        (FileRole::Tokenizer, tokenizer_path),
+        (FileRole::Config, config_path),
+    ])
 }
 
 pub(crate) fn save(
