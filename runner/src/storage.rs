@@ -97,8 +97,8 @@ impl Storage {
         &self.client
     }
 
-    /// A small object (a manifest) in memory.
-    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+    /// The body of an object, not yet read.
+    async fn body_of(&self, key: &str) -> Result<ByteStream, StorageError> {
         let object = self
             .client
             .get_object()
@@ -107,14 +107,20 @@ impl Storage {
             .send()
             .await
             .map_err(|e| self.classify(key, e))?;
-        let body = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Unavailable {
-                key: key.to_owned(),
-                detail: e.to_string(),
-            })?;
+        Ok(object.body)
+    }
+
+    /// A small object (a manifest) in memory.
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        let body =
+            self.body_of(key)
+                .await?
+                .collect()
+                .await
+                .map_err(|e| StorageError::Unavailable {
+                    key: key.to_owned(),
+                    detail: e.to_string(),
+                })?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -127,15 +133,7 @@ impl Storage {
         path_for_errors: &str,
         inspect: &mut dyn FnMut(&[u8]),
     ) -> Result<u64, StorageError> {
-        let object = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.classify(key, e))?;
-        let mut body = object.body;
+        let mut body = self.body_of(key).await?;
         let mut written = 0u64;
         let local = |source| StorageError::Local {
             path: path_for_errors.to_owned(),
