@@ -1,9 +1,15 @@
-# The two commands a newcomer needs are `make test` and (from the worker issue on) `make demo`.
+# The two commands a newcomer needs are `make demo` and `make test`.
 # Each installs what a fresh machine lacks first (scripts/ensure-tools).
 
 CARGO ?= cargo
 
-.PHONY: test lint bench-queue bench-runner
+.PHONY: demo test lint bench-queue bench-runner bench-worker
+
+## Draws one image end to end on this machine: a redis-server child, S3 inside the process, a
+## worker with the local launcher and tiny-sd (which draws noise). Prints the link and the file.
+demo:
+	@scripts/ensure-tools redis
+	$(CARGO) run --release --locked -q -p ducks -- demo "a rubber duck flying over the clouds"
 
 ## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
 test:
@@ -28,3 +34,8 @@ bench-queue:
 bench-runner:
 	$(CARGO) build --release --locked -p ducks
 	$(CARGO) bench -p ducks-tests --bench runner --locked
+
+## The worker's own overhead with an instant launcher, and its memory (see BENCHMARKS.md).
+bench-worker:
+	@scripts/ensure-tools redis
+	$(CARGO) bench -p ducks-tests --bench worker --locked

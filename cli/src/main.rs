@@ -4,7 +4,11 @@
 //! a command in [`commands`]. All behaviour lives in the library crates.
 
 mod commands;
+mod dev;
+mod follow;
+mod hub;
 mod settings;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

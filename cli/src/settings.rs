@@ -2,12 +2,13 @@
 //! variables where `__` separates levels (`DUCKS_QUEUE__MAX_BACKLOG=500`). `.env` in the current
 //! directory is read first, for development.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use ducks_queue::{QueueConfig, RedisTarget};
 use ducks_runner::run::RunnerConfig;
 use ducks_runner::storage::S3Config;
+use ducks_worker::WorkerConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -19,7 +20,29 @@ pub struct Settings {
     pub queue: QueueConfig,
     pub s3: S3Config,
     pub runner: RunnerConfig,
+    pub worker: WorkerConfig,
+    pub dev: DevSettings,
     pub log: LogSettings,
+}
+
+/// `ducks dev` and `ducks demo`: the whole stack on one machine.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevSettings {
+    /// Everything the local stack keeps: Redis data, the S3 folder, the weight cache, runner
+    /// folders and downloaded images.
+    pub data_dir: PathBuf,
+    /// Address of the embedded S3 server; port 0 picks a free one.
+    pub s3_listen: String,
+}
+
+impl Default for DevSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".ducks"),
+            s3_listen: "127.0.0.1:0".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,14 +226,16 @@ mod tests {
                 "RUNNER",
                 serde_json::to_value(RunnerConfig::default()).unwrap(),
             ),
+            (
+                "WORKER",
+                serde_json::to_value(WorkerConfig::default()).unwrap(),
+            ),
+            ("DEV", serde_json::to_value(DevSettings::default()).unwrap()),
         ];
-        let mut expected: Vec<String> = sections
-            .iter()
-            .flat_map(|(section, value)| {
-                let keys = value.as_object().unwrap().keys();
-                keys.map(move |k| format!("DUCKS_{section}__{}", k.to_uppercase()))
-            })
-            .collect();
+        let mut expected = Vec::new();
+        for (section, value) in &sections {
+            flatten_keys(&format!("DUCKS_{section}"), value, &mut expected);
+        }
         expected.extend(
             [
                 "DUCKS_REDIS__URL",
@@ -232,6 +257,18 @@ mod tests {
             QueueConfig::default(),
             ".env.example shows the defaults"
         );
+    }
+
+    /// `DUCKS_A__B__C` for every leaf of a nested settings object.
+    fn flatten_keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(object) => {
+                for (key, value) in object {
+                    flatten_keys(&format!("{prefix}__{}", key.to_uppercase()), value, out);
+                }
+            }
+            None => out.push(prefix.to_owned()),
+        }
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub enum FailureCode {
     NoGpuCapacity,
     ImagePullFailed,
     RunnerCrashed,
+    /// The runner reported images that are not in the bucket.
+    OutputMissing,
     Internal,
     /// A code from a newer DUCKS that this build does not know.
     #[serde(other)]
@@ -127,6 +129,7 @@ impl FailureCode {
             FailureCode::NoGpuCapacity => "no_gpu_capacity",
             FailureCode::ImagePullFailed => "image_pull_failed",
             FailureCode::RunnerCrashed => "runner_crashed",
+            FailureCode::OutputMissing => "output_missing",
             FailureCode::Internal => "internal",
             FailureCode::Unknown => "unknown",
         }

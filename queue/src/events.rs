@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::connection::{Connection, is_missing_group, is_transient};
 use crate::consumer::prune_consumers;
 use crate::queue::{create_group, retry_transient};
-use crate::{ContractError, JobEvent, Queue, Result, wire};
+use crate::{ContractError, JobEvent, JobId, Queue, Result, wire};
 
 /// One event as read from a stream. Acknowledge it with [`EventReader::ack`] once handled.
 #[derive(Debug)]
@@ -169,5 +169,77 @@ fn decode_event(entry: StreamId) -> EventEntry {
     EventEntry {
         entry_id: entry.id,
         event,
+    }
+}
+
+/// Follows the events of one job without a consumer group, as `ducks submit --wait` does: many
+/// clients can watch their own jobs on one origin's stream without taking events from the front
+/// end's group.
+pub struct JobWatch {
+    queue: Queue,
+    blocking: Connection,
+    stream: String,
+    job_id: JobId,
+    /// The last entry read; the next read starts after it.
+    after: String,
+}
+
+/// How far before the submit time the watch starts reading, for clocks that disagree.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+impl JobWatch {
+    /// Watches `job_id`'s events on its origin's stream, from shortly before `since_ms` (the
+    /// submit time) so no event written since is missed.
+    pub async fn new(
+        queue: &Queue,
+        origin_kind: &str,
+        job_id: &JobId,
+        since_ms: u64,
+    ) -> Result<Self> {
+        let block = Duration::from_millis(queue.config.block_ms);
+        let blocking = retry_transient(|| queue.target.connect_blocking(block)).await?;
+        let start = since_ms.saturating_sub(CLOCK_SKEW.as_millis() as u64);
+        Ok(Self {
+            queue: queue.clone(),
+            blocking,
+            stream: queue.keys.events(origin_kind),
+            job_id: job_id.clone(),
+            after: format!("{start}-0"),
+        })
+    }
+
+    /// The job's next events, waiting at most `block` (capped at the queue's block time).
+    /// Returns an empty list when nothing came, and on a passing connection error.
+    pub async fn next(&mut self, block: Duration) -> Result<Vec<JobEvent>> {
+        let block = block
+            .min(Duration::from_millis(self.queue.config.block_ms))
+            .max(Duration::from_millis(1));
+        let reply: StreamReadReply = match redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(&self.after)
+            .query_async(&mut self.blocking)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if is_transient(&e) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if let Some(last) = entries.last() {
+            self.after = last.id.clone();
+        }
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| decode_event(entry).event.ok())
+            .filter(|event| event.job_id == self.job_id)
+            .collect())
     }
 }

@@ -36,7 +36,7 @@ pub use connection::{Connection, RedisTarget};
 pub use consumer::{Completion, Consumer, Delivery, Failure, Signal};
 pub use error::{ContractError, QueueError, Result};
 pub use event::{EventKind, FailureCode, ImageRef, JobEvent, Timings};
-pub use events::{EventEntry, EventReader};
+pub use events::{EventEntry, EventReader, JobWatch};
 pub use id::JobId;
 pub use model::{ModelCatalogue, ModelInfo};
 pub use queue::{Cancelled, Queue, Submitted};

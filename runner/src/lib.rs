@@ -9,11 +9,15 @@
 //! - [`storage`]: S3 through aws-sdk-s3. [`cache`]: the node-local weight cache.
 //! - [`diffusion`]: the pipelines on candle, and the tiny test model.
 //! - [`image`]: PNG with parameters, object keys.
+//! - `embedded_s3` (feature `embedded-s3`): an S3-protocol server in the process, for `ducks dev`
+//!   and the tests.
 
 pub mod cache;
 pub mod catalogue;
 pub mod contract;
 pub mod diffusion;
+#[cfg(feature = "embedded-s3")]
+pub mod embedded_s3;
 pub mod image;
 pub mod import;
 pub mod manifest;

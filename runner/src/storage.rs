@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -37,6 +38,17 @@ impl Default for S3Config {
             force_path_style: false,
         }
     }
+}
+
+/// The longest a presigned link can live (a SigV4 limit).
+const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectSummary {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +189,18 @@ impl Storage {
 
     /// Every key under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let mut keys = Vec::new();
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
+    /// Every object under `prefix` with its ETag, which changes whenever the object does: the
+    /// worker re-reads only the manifests whose ETag moved.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
+        let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
@@ -187,13 +210,57 @@ impl Storage {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.classify(prefix, e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
+            objects.extend(page.contents().iter().filter_map(|o| {
+                Some(ObjectSummary {
+                    key: o.key()?.to_owned(),
+                    etag: o.e_tag().unwrap_or_default().to_owned(),
+                    size: o.size().unwrap_or_default().max(0) as u64,
+                })
+            }));
         }
-        Ok(keys)
+        Ok(objects)
+    }
+
+    /// Whether `key` exists, by a HEAD request.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match self.classify(key, e) {
+                StorageError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// A link that lets whoever holds it GET `key` until it expires (at most 7 days, the limit of
+    /// SigV4 presigning).
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<String, StorageError> {
+        let config = PresigningConfig::expires_in(expires_in.min(MAX_PRESIGN)).map_err(|e| {
+            StorageError::Unavailable {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            }
+        })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| self.classify(key, e))?;
+        Ok(request.uri().to_owned())
     }
 
     /// Creates the bucket if it does not exist (development only).

@@ -1,4 +1,4 @@
-//! An embedded S3-protocol server: [s3s] with the [s3s_fs] backend over a
+//! An embedded S3-protocol server: s3s with the s3s-fs backend over a
 //! temporary folder, SigV4 authentication on, served by hyper on a free
 //! loopback port from a tokio task of the caller's runtime.
 //!
@@ -28,17 +28,15 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use ducks_runner::embedded_s3;
 use hyper::body::Incoming;
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::auth::SimpleAuth;
-use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::service::S3Service;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// Fixed test credentials. SigV4 is checked for real, so a client with any
 /// other secret gets `SignatureDoesNotMatch`.
@@ -104,12 +102,10 @@ impl S3Server {
             .path()
             .canonicalize()
             .expect("canonicalize the S3 server's folder");
-        let fs = s3s_fs::FileSystem::new(&root).expect("open the folder as an s3s-fs root");
-        let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let counts = Counts::default();
         let service = Counting {
-            inner: builder.build(),
+            inner: embedded_s3::service(&root, ACCESS_KEY, SECRET_KEY)
+                .expect("open the folder as an s3s-fs root"),
             counts: Arc::clone(&counts),
         };
 
@@ -120,7 +116,10 @@ impl S3Server {
             .local_addr()
             .expect("local address of the listener");
         let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, service, shutdown_rx));
+        let task = tokio::spawn(embedded_s3::serve(listener, service, async {
+            // An error means the sender was dropped: stop too.
+            let _ = shutdown_rx.await;
+        }));
 
         S3Server {
             addr,
@@ -274,33 +273,6 @@ impl Drop for S3Server {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicking test thread must not turn every later count into a panic.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Accepts connections until `shutdown` fires (or its sender is dropped),
-/// then drops the listener and aborts every connection, waiting for them.
-async fn serve(listener: TcpListener, service: Counting, mut shutdown: oneshot::Receiver<()>) {
-    let http = ConnBuilder::new(TokioExecutor::new());
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                // Accept errors (a connection reset before it was accepted,
-                // out of file descriptors) only affect that connection.
-                let Ok((stream, _)) = accepted else { continue };
-                let http = http.clone();
-                let service = service.clone();
-                connections.spawn(async move {
-                    // A client hanging up mid-request is not a server failure.
-                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-            // Reap finished connections so the set does not grow forever.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
 }
 
 /// The s3s service with a request counter in front of it.

@@ -2,10 +2,13 @@
 
 mod cancel;
 mod config;
-mod models;
+mod demo;
+mod dev;
+pub mod models;
 mod runner;
 mod status;
 mod submit;
+pub mod worker;
 
 use ducks_queue::Queue;
 
@@ -16,7 +19,7 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Queue an image job.
+    /// Queue an image job; with --wait, follow it to the link and save the image.
     Submit(submit::Args),
     /// Show what the queue knows of a job.
     Status(status::Args),
@@ -24,26 +27,39 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Print the effective configuration (secrets redacted).
     Config,
-    /// The model catalogue in S3.
-    #[command(subcommand)]
-    Models(models::Command),
+    /// The model catalogue in S3 (a table, unless a subcommand says otherwise).
+    Models {
+        #[command(subcommand)]
+        command: Option<models::Command>,
+    },
+    /// Take jobs from the queue and launch one runner per job, until SIGTERM or SIGINT.
+    Worker,
     /// Run one job as a GPU pod does: everything from the environment (docs/runner-contract.md).
     Runner,
+    /// Run the whole stack on this machine (Redis, S3, a worker, tiny-sd) until Ctrl-C.
+    Dev,
+    /// Start the local stack, draw one image end to end, print its link and file, stop.
+    Demo(demo::Args),
 }
 
 /// Runs a command; `Ok` carries the process exit code.
 pub async fn run(command: Command, settings: Settings) -> Result<u8, Error> {
     match command {
-        Command::Submit(args) => submit::run(args, &connect(&settings).await?).await?,
+        Command::Submit(args) => return submit::run(args, &connect(&settings).await?).await,
         Command::Status(args) => status::run(args, &connect(&settings).await?).await?,
         Command::Cancel(args) => cancel::run(args, &connect(&settings).await?).await?,
         Command::Config => config::run(&settings)?,
-        Command::Models(command) => models::run(command, &settings).await?,
+        Command::Models { command } => {
+            models::run(command.unwrap_or(models::Command::List), &settings).await?
+        }
+        Command::Worker => worker::run(&settings).await?,
         Command::Runner => return Ok(runner::run(&settings).await),
+        Command::Dev => dev::run(settings).await?,
+        Command::Demo(args) => return demo::run(args, settings).await,
     }
     Ok(0)
 }
 
-async fn connect(settings: &Settings) -> Result<Queue, Error> {
+pub async fn connect(settings: &Settings) -> Result<Queue, Error> {
     Ok(Queue::connect(settings.redis.target(), settings.queue.clone()).await?)
 }

@@ -8,6 +8,7 @@ use ducks_runner::import::{ImportSpec, import_folder};
 use ducks_runner::manifest::ModelManifest;
 use ducks_runner::storage::Storage;
 
+use crate::hub::{self, Hub};
 use crate::settings::Settings;
 
 #[derive(clap::Subcommand)]
@@ -16,7 +17,8 @@ pub enum Command {
     List,
     /// Upload a model's files from a folder (diffusers or flat layout) and write its manifest.
     Import {
-        /// The folder holding the model (`hf:<repo>` is not available yet).
+        /// The folder holding the model, or `hf:<owner>/<name>` to download it from the Hugging Face
+        /// hub (`HF_ENDPOINT` names a mirror, `HF_TOKEN` a token for gated or private models).
         source: String,
         #[arg(long)]
         id: String,
@@ -29,6 +31,9 @@ pub enum Command {
         description: Option<String>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// With `hf:<repo>`: the branch, tag or commit to import (default: main).
+        #[arg(long)]
+        revision: Option<String>,
     },
     /// Create tiny-sd (random weights: it draws noise) and import it, for tests and the demo.
     CreateTiny {
@@ -54,14 +59,8 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), super::Err
             name,
             description,
             tags,
+            revision,
         } => {
-            if source.starts_with("hf:") {
-                return Err(format!(
-                    "Importing {source} needs the Hugging Face hub, which this build cannot reach yet: \
-                     download the model into a folder and import that folder."
-                )
-                .into());
-            }
             let spec = ImportSpec {
                 id,
                 family,
@@ -69,35 +68,41 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), super::Err
                 description,
                 tags,
             };
-            let manifest = import_folder(&storage, &PathBuf::from(source), spec).await?;
+            let manifest = match source.strip_prefix("hf:") {
+                Some(repo) => {
+                    let hf = Hub::from_env()?;
+                    hub::import(&storage, &hf, repo, revision.as_deref(), spec).await?
+                }
+                None if revision.is_some() => {
+                    return Err("--revision applies to `hf:<repo>` sources only".into());
+                }
+                None => import_folder(&storage, &PathBuf::from(source), spec).await?,
+            };
             println!("Imported {} ({} files).", manifest.id, manifest.files.len());
         }
         Command::CreateTiny { id } => {
-            let dir = tempfile_dir()?;
-            diffusion::create_tiny(&dir)?;
-            let spec = ImportSpec {
-                id,
-                family: Family::Tiny,
-                name: Some("Tiny SD".into()),
-                description: Some(
-                    "A structurally real Stable Diffusion model with tiny random weights, for tests and the demo: it draws noise."
-                        .into(),
-                ),
-                tags: vec!["test".into()],
-            };
-            let manifest = import_folder(&storage, &dir, spec).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            let manifest = manifest?;
+            let manifest = create_tiny(&storage, &id).await?;
             println!("Created {} ({} files).", manifest.id, manifest.files.len());
         }
     }
     Ok(())
 }
 
-fn tempfile_dir() -> Result<PathBuf, super::Error> {
-    let dir = std::env::temp_dir().join(format!("ducks-tiny-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// Writes tiny-sd's files into a temporary folder and imports them as model `id`.
+pub async fn create_tiny(storage: &Storage, id: &str) -> Result<ModelManifest, super::Error> {
+    let dir = tempfile::tempdir()?;
+    diffusion::create_tiny(dir.path())?;
+    let spec = ImportSpec {
+        id: id.to_owned(),
+        family: Family::Tiny,
+        name: Some("Tiny SD".into()),
+        description: Some(
+            "A structurally real Stable Diffusion model with tiny random weights, for tests and the demo: it draws noise."
+                .into(),
+        ),
+        tags: vec!["test".into()],
+    };
+    Ok(import_folder(storage, dir.path(), spec).await?)
 }
 
 /// The catalogue as an aligned text table.

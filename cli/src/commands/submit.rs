@@ -1,6 +1,12 @@
 //! `ducks submit "prompt"`: queue a job from the command line.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ducks_queue::queue::now_ms;
 use ducks_queue::{JobRequest, Origin, Queue, Submitted};
+
+use crate::follow;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +33,15 @@ pub struct Args {
     /// Submitting again with the same key returns the first job.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Show progress until the job ends, then print the link and save the image.
+    #[arg(long)]
+    wait: bool,
+    /// Where `--wait` saves images.
+    #[arg(long, default_value = "ducks-images")]
+    out: PathBuf,
+    /// How long `--wait` waits, in seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -37,7 +52,8 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
     parse().ok_or_else(|| format!("`{text}` is not a size: write WIDTHxHEIGHT, e.g. 512x512"))
 }
 
-pub async fn run(args: Args, queue: &Queue) -> Result<(), super::Error> {
+/// Returns the exit code: 0 unless `--wait` saw the job fail or be cancelled.
+pub async fn run(args: Args, queue: &Queue) -> Result<u8, super::Error> {
     let mut request = JobRequest::new(args.prompt, Origin::Cli);
     request.model = args.model;
     request.negative_prompt = args.negative;
@@ -49,11 +65,26 @@ pub async fn run(args: Args, queue: &Queue) -> Result<(), super::Error> {
     request.count = args.count;
     request.idempotency_key = args.idempotency_key;
     request.requester.id = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    match queue.submit(request).await? {
+    let since_ms = now_ms();
+    let submitted = queue.submit(request).await?;
+    match &submitted {
         Submitted::Queued { id, position } => println!("Queued {id} (position {position})."),
         Submitted::Duplicate { id } => println!("Already submitted as {id}."),
     }
-    Ok(())
+    if !args.wait {
+        return Ok(0);
+    }
+    let followed = follow::follow(
+        queue,
+        submitted.id(),
+        Origin::Cli.kind(),
+        since_ms,
+        &args.out,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    follow::print_images(&followed.images);
+    Ok(if followed.succeeded { 0 } else { 1 })
 }
 
 #[cfg(test)]

@@ -6,12 +6,10 @@ use std::process::Command;
 use ducks_queue::{JobId, JobRequest, Origin, wire};
 use ducks_runner::catalogue;
 use ducks_runner::contract::{Failure, Line, RunResult};
-use ducks_runner::diffusion::{self, Family};
-use ducks_runner::import::{ImportSpec, import_folder};
 use ducks_runner::storage::{S3Config, Storage};
 use ducks_tests::{S3Server, ducks_binary};
 
-const BUCKET: &str = "ducks";
+use crate::support::{BUCKET, tiny_bucket};
 
 /// An S3 server with the bucket and tiny-sd in it, and a storage client for it.
 struct World {
@@ -24,28 +22,8 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let s3 = S3Server::start().await;
-        s3.create_bucket(BUCKET).await;
-        let config = S3Config {
-            endpoint: s3.endpoint(),
-            region: s3.region().into(),
-            bucket: BUCKET.into(),
-            access_key_id: s3.access_key().into(),
-            secret_access_key: ducks_queue::Redacted(s3.secret_key().into()),
-            force_path_style: true,
-        };
-        let storage = Storage::connect(&config).await;
         let scratch = tempfile::tempdir().unwrap();
-        let model_dir = scratch.path().join("tiny-model");
-        diffusion::create_tiny(&model_dir).unwrap();
-        let spec = ImportSpec {
-            id: "tiny-sd".into(),
-            family: Family::Tiny,
-            name: None,
-            description: Some("Random weights: draws noise.".into()),
-            tags: vec![],
-        };
-        import_folder(&storage, &model_dir, spec).await.unwrap();
+        let (s3, config, storage) = tiny_bucket(scratch.path()).await;
         Self {
             s3,
             storage,

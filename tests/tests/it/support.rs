@@ -7,7 +7,40 @@ use ducks_queue::{
     Consumer, Delivery, EventKind, JobEvent, JobId, JobRequest, Origin, Queue, QueueConfig,
     RedisTarget, wire,
 };
-use ducks_tests::RedisServer;
+use ducks_runner::diffusion::{self, Family};
+use ducks_runner::import::{ImportSpec, import_folder};
+use ducks_runner::storage::{S3Config, Storage};
+use ducks_tests::{RedisServer, S3Server};
+
+/// The bucket every test world uses.
+pub const BUCKET: &str = "ducks";
+
+/// An S3 server with the bucket and tiny-sd in it (its files made under `scratch`), the client
+/// settings for it, and a storage client.
+pub async fn tiny_bucket(scratch: &std::path::Path) -> (S3Server, S3Config, Storage) {
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let config = S3Config {
+        endpoint: s3.endpoint(),
+        region: s3.region().into(),
+        bucket: BUCKET.into(),
+        access_key_id: s3.access_key().into(),
+        secret_access_key: ducks_queue::Redacted(s3.secret_key().into()),
+        force_path_style: true,
+    };
+    let storage = Storage::connect(&config).await;
+    let model_dir = scratch.join("tiny-model");
+    diffusion::create_tiny(&model_dir).unwrap();
+    let spec = ImportSpec {
+        id: "tiny-sd".into(),
+        family: Family::Tiny,
+        name: None,
+        description: Some("Random weights: draws noise.".into()),
+        tags: vec![],
+    };
+    import_folder(&storage, &model_dir, spec).await.unwrap();
+    (s3, config, storage)
+}
 
 /// Settings for tests: short leases and backoffs, no per-requester limits unless a test sets them.
 pub fn config() -> QueueConfig {

@@ -1,0 +1,59 @@
+//! `ducks demo "prompt"`: start the local stack, run one job end to end, print the link and the
+//! file, stop everything.
+
+use std::time::Duration;
+
+use ducks_queue::queue::now_ms;
+use ducks_queue::{JobRequest, Origin, Submitted};
+
+use crate::dev::Stack;
+use crate::follow;
+use crate::settings::Settings;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// What to draw.
+    #[arg(default_value = "a rubber duck flying over the clouds")]
+    prompt: String,
+    /// The model (default: tiny-sd, which draws noise).
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long the job may take, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+pub async fn run(args: Args, settings: Settings) -> Result<u8, super::Error> {
+    eprintln!("Starting Redis, S3 and a worker on this machine…");
+    let stack = Stack::start(settings).await?;
+    let outcome = run_one(&args, &stack).await;
+    let stopped = stack.stop().await;
+    let code = outcome?;
+    stopped?;
+    Ok(code)
+}
+
+async fn run_one(args: &Args, stack: &Stack) -> Result<u8, super::Error> {
+    let mut request = JobRequest::new(args.prompt.clone(), Origin::Cli);
+    request.model = args.model.clone();
+    request.seed = args.seed;
+    request.requester.id = "demo".into();
+    let since_ms = now_ms();
+    let id = match stack.queue.submit(request).await? {
+        Submitted::Queued { id, .. } | Submitted::Duplicate { id } => id,
+    };
+    eprintln!("Submitted {id}: {:?}", args.prompt);
+    let followed = follow::follow(
+        &stack.queue,
+        &id,
+        Origin::Cli.kind(),
+        since_ms,
+        &stack.images_dir(),
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    follow::print_images(&followed.images);
+    Ok(if followed.succeeded { 0 } else { 1 })
+}

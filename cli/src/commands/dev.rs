@@ -1,0 +1,13 @@
+//! `ducks dev`: the whole stack on this machine until Ctrl-C.
+
+use crate::dev::Stack;
+use crate::settings::Settings;
+
+pub async fn run(settings: Settings) -> Result<(), super::Error> {
+    let stack = Stack::start(settings).await?;
+    println!("DUCKS is running on this machine.\n\n{}", stack.describe());
+    println!("Ctrl-C stops everything.");
+    crate::signals::terminated().await;
+    eprintln!("Stopping…");
+    stack.stop().await
+}

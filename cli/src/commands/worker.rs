@@ -1,0 +1,89 @@
+//! `ducks worker`: take jobs and launch one runner per job until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+
+use ducks_queue::Queue;
+use ducks_runner::storage::Storage;
+use ducks_worker::{LocalLauncher, Worker, http};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings) -> Result<(), super::Error> {
+    let queue = super::connect(settings).await?;
+    let worker = RunningWorker::start(settings, queue).await?;
+    crate::signals::terminated().await;
+    info!(message = "Shutting down: SIGTERM or SIGINT received.");
+    worker.stop().await
+}
+
+/// A worker running in a task of this process, with its probes server.
+pub struct RunningWorker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<ducks_queue::Result<()>>,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer, when served.
+    pub probes: Option<SocketAddr>,
+}
+
+impl RunningWorker {
+    pub async fn start(settings: &Settings, queue: Queue) -> Result<Self, super::Error> {
+        let storage = Storage::connect(&settings.s3).await;
+        let config = settings.worker.clone();
+        let launcher = LocalLauncher::new(
+            &config.local,
+            settings.s3.clone(),
+            settings.runner.output_prefix.clone(),
+            config.cancel_grace(),
+        )
+        .map_err(|e| format!("the local launcher's folders cannot be created: {e}"))?;
+        let listen = config.listen.clone();
+        let worker = Worker::new(queue, storage, launcher, config, consumer_name());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (probes_stop, probes_stopped) = oneshot::channel::<()>();
+        let probes = if listen.is_empty() {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen} (worker.listen): {e}"))?;
+            let addr = listener.local_addr()?;
+            let probe = worker.probe();
+            tokio::spawn(http::serve(listener, probe, async {
+                let _ = probes_stopped.await;
+            }));
+            info!(message = "Serving /healthz, /readyz and /metrics.", address = %addr);
+            Some(addr)
+        };
+        let task = tokio::spawn(async move {
+            let result = worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            let _ = probes_stop.send(());
+            result
+        });
+        Ok(Self { stop, task, probes })
+    }
+
+    /// Stops taking jobs and waits for the worker's graceful shutdown.
+    pub async fn stop(self) -> Result<(), super::Error> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// This worker's consumer name: the host name (a pod's name in Kubernetes, stable across
+/// container restarts, so a restarted worker takes its own jobs back at once) and the process id.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,201 @@
+//! The local stack of `ducks dev` and `ducks demo`: Redis (a child `redis-server`, unless one is
+//! configured), S3 (a server inside this process, SigV4 on, data under `.ducks/`), and a worker
+//! with the local launcher, with tiny-sd in the catalogue. The S3 code path and the presigned
+//! links are the production ones.
+
+mod redis;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ducks_queue::{Queue, Redacted};
+use ducks_runner::catalogue::{self, CatalogueError};
+use ducks_runner::embedded_s3;
+use ducks_runner::storage::Storage;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::commands::worker::RunningWorker;
+use crate::commands::{self, Error};
+use crate::settings::Settings;
+use redis::RedisChild;
+
+/// Credentials of the embedded S3 server: local only, so fixed.
+const DEV_ACCESS_KEY: &str = "ducks-dev";
+const DEV_SECRET_KEY: &str = "ducks-dev-secret";
+/// The model the stack seeds and uses by default.
+pub const TINY_MODEL: &str = "tiny-sd";
+
+pub struct Stack {
+    /// The settings every part uses, pointing at the local services.
+    pub settings: Settings,
+    pub queue: Queue,
+    pub s3_endpoint: String,
+    redis: Option<RedisChild>,
+    s3_stop: oneshot::Sender<()>,
+    s3_task: JoinHandle<()>,
+    worker: RunningWorker,
+}
+
+impl Stack {
+    pub async fn start(mut settings: Settings) -> Result<Self, Error> {
+        let data = absolute(&settings.dev.data_dir)?;
+
+        let redis = if redis_configured(&settings) {
+            None
+        } else {
+            let child = RedisChild::start(&data.join("redis")).await?;
+            settings.redis.url = SecretString::from(child.url());
+            settings.redis.cluster = false;
+            Some(child)
+        };
+
+        let s3_root = data.join("s3");
+        std::fs::create_dir_all(&s3_root)?;
+        let listener = TcpListener::bind(&settings.dev.s3_listen)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {} (dev.s3_listen): {e}",
+                    settings.dev.s3_listen
+                )
+            })?;
+        let s3_addr: SocketAddr = listener.local_addr()?;
+        let service = embedded_s3::service(&s3_root, DEV_ACCESS_KEY, DEV_SECRET_KEY)?;
+        let (s3_stop, s3_stopped) = oneshot::channel::<()>();
+        let s3_task = tokio::spawn(embedded_s3::serve(listener, service, async {
+            let _ = s3_stopped.await;
+        }));
+        let s3_endpoint = format!("http://{s3_addr}");
+        settings.s3.endpoint = s3_endpoint.clone();
+        settings.s3.access_key_id = DEV_ACCESS_KEY.into();
+        settings.s3.secret_access_key = Redacted(DEV_SECRET_KEY.into());
+        settings.s3.force_path_style = true;
+
+        let storage = Storage::connect(&settings.s3).await;
+        storage.ensure_bucket().await?;
+        seed_tiny_model(&storage).await?;
+
+        let worker = &mut settings.worker;
+        if worker.default_model.is_empty() {
+            worker.default_model = TINY_MODEL.into();
+        }
+        worker.local.runs_dir = data.join("runs");
+        worker.local.cache_dir = data.join("cache");
+        // The probes' default port may be taken (another stack runs): let the OS pick one.
+        if worker.listen == ducks_worker::WorkerConfig::default().listen {
+            worker.listen = "127.0.0.1:0".into();
+        }
+        // A dev stack finishes its jobs quickly; it need not linger on Ctrl-C.
+        worker.shutdown_grace_secs = worker.shutdown_grace_secs.min(5);
+
+        let queue = commands::connect(&settings).await?;
+        let worker = RunningWorker::start(&settings, queue.clone()).await?;
+        Ok(Self {
+            settings,
+            queue,
+            s3_endpoint,
+            redis,
+            s3_stop,
+            s3_task,
+            worker,
+        })
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.settings.dev.data_dir.join("images")
+    }
+
+    /// What `ducks dev` prints: where everything is and how to use it.
+    pub fn describe(&self) -> String {
+        let mut text = String::new();
+        match &self.redis {
+            Some(redis) => text.push_str(&format!(
+                "Redis      {} (a redis-server child)\n",
+                redis.url()
+            )),
+            None => text.push_str("Redis      as configured (DUCKS_REDIS__URL)\n"),
+        }
+        text.push_str(&format!(
+            "S3         {} bucket `{}` (access key {DEV_ACCESS_KEY}, secret {DEV_SECRET_KEY}), data in {}\n",
+            self.s3_endpoint,
+            self.settings.s3.bucket,
+            self.settings.dev.data_dir.join("s3").display()
+        ));
+        if let Some(probes) = self.worker.probes {
+            text.push_str(&format!(
+                "Worker     http://{probes}/metrics, /healthz, /readyz\n"
+            ));
+        }
+        text.push_str(&format!(
+            "Models     {TINY_MODEL} (draws noise; import real ones with `ducks models import`)\n\n\
+             In another terminal, these settings point `ducks submit`, `ducks models` and `ducks status` here:\n"
+        ));
+        for (key, value) in self.client_env() {
+            text.push_str(&format!("export {key}={value}\n"));
+        }
+        text.push_str("ducks submit \"a duck in space\" --wait\n");
+        text
+    }
+
+    /// The settings a client in another terminal needs to use this stack.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        use secrecy::ExposeSecret;
+        let s3 = &self.settings.s3;
+        vec![
+            (
+                "DUCKS_REDIS__URL",
+                self.settings.redis.url.expose_secret().to_owned(),
+            ),
+            ("DUCKS_S3__ENDPOINT", s3.endpoint.clone()),
+            ("DUCKS_S3__BUCKET", s3.bucket.clone()),
+            ("DUCKS_S3__ACCESS_KEY_ID", s3.access_key_id.clone()),
+            (
+                "DUCKS_S3__SECRET_ACCESS_KEY",
+                s3.secret_access_key.0.clone(),
+            ),
+            ("DUCKS_S3__FORCE_PATH_STYLE", "true".into()),
+        ]
+    }
+
+    /// Stops the worker (gracefully), then S3 and Redis.
+    pub async fn stop(self) -> Result<(), Error> {
+        let worker = self.worker.stop().await;
+        let _ = self.s3_stop.send(());
+        let _ = self.s3_task.await;
+        if let Some(redis) = self.redis {
+            redis.stop().await;
+        }
+        worker
+    }
+}
+
+/// Whether the user pointed the stack at a Redis of their own.
+fn redis_configured(settings: &Settings) -> bool {
+    use secrecy::ExposeSecret;
+    std::env::var_os("DUCKS_REDIS__URL").is_some()
+        || settings.redis.url.expose_secret()
+            != crate::settings::RedisSettings::default()
+                .url
+                .expose_secret()
+}
+
+/// Imports tiny-sd on first start.
+async fn seed_tiny_model(storage: &Storage) -> Result<(), Error> {
+    match catalogue::load(storage, TINY_MODEL).await {
+        Ok(_) => Ok(()),
+        Err(CatalogueError::UnknownModel(_)) => {
+            commands::models::create_tiny(storage, TINY_MODEL).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create {} (dev.data_dir): {e}", dir.display()))?;
+    Ok(dir.canonicalize()?)
+}

@@ -1,0 +1,751 @@
+//! `ducks models import hf:<repo>`: the real binary against no hub at all, and against a
+//! hand-written one on a local port that speaks the two requests hf-hub makes (the revision
+//! listing and ranged reads of files) and serves tiny-sd laid out as a diffusers repository,
+//! repositories without tokenizer.json, and the CLIP repositories their tokenizers come from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ducks_runner::cache::sha256_of;
+use ducks_runner::diffusion::{self, FileRole};
+use ducks_tests::{S3Server, ducks_binary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Deadline for every run of the binary: each of these ends in well under a second when right.
+const WAIT: Duration = Duration::from_secs(60);
+
+const BUCKET: &str = "ducks";
+
+/// The commit every file of the fake hub's `test/…` repositories comes from.
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Where candle's stable-diffusion example takes the tokenizers of repositories that ship none.
+const CLIP_B32: &str = "openai/clip-vit-base-patch32";
+const CLIP_L14: &str = "openai/clip-vit-large-patch14";
+const CLIP_BIGG: &str = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k";
+
+/// An S3 server with the bucket, and a folder for the binary's working directory and TMPDIR.
+struct World {
+    s3: S3Server,
+    scratch: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        let s3 = S3Server::start().await;
+        s3.create_bucket(BUCKET).await;
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::create_dir(scratch.path().join("tmp")).unwrap();
+        Self { s3, scratch }
+    }
+
+    /// Runs `ducks args…` with only the S3 settings and `HF_ENDPOINT` in its environment.
+    async fn ducks(&self, endpoint: &str, args: &[&str]) -> Output {
+        let mut cmd = tokio::process::Command::new(ducks_binary());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HF_ENDPOINT", endpoint)
+            .env("TMPDIR", self.temp())
+            .env("DUCKS_S3__ENDPOINT", self.s3.endpoint())
+            .env("DUCKS_S3__REGION", self.s3.region())
+            .env("DUCKS_S3__BUCKET", BUCKET)
+            .env("DUCKS_S3__ACCESS_KEY_ID", self.s3.access_key())
+            .env("DUCKS_S3__SECRET_ACCESS_KEY", self.s3.secret_key())
+            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .current_dir(self.scratch.path())
+            .kill_on_drop(true);
+        tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("ducks {args:?} did not end within {WAIT:?}"))
+            .expect("start ducks")
+    }
+
+    /// The binary's TMPDIR: an import must leave it empty.
+    fn temp(&self) -> PathBuf {
+        self.scratch.path().join("tmp")
+    }
+
+    /// The bytes of the object at `key` in the bucket.
+    fn object(&self, key: &str) -> Vec<u8> {
+        std::fs::read(self.s3.object_path(BUCKET, key))
+            .unwrap_or_else(|e| panic!("object {key}: {e}"))
+    }
+
+    /// Every object key under `models/` in the bucket.
+    fn model_objects(&self) -> Vec<String> {
+        let root = self.s3.object_path(BUCKET, "models");
+        let mut keys = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let relative = path.strip_prefix(&root).unwrap();
+                    keys.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        keys.sort();
+        keys
+    }
+}
+
+/// An import that failed as a user should see it: exit code 1 and one line on stderr that
+/// contains every one of `expected`.
+fn assert_one_clear_line(output: &Output, expected: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, not: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for part in expected {
+        assert!(
+            lines[0].contains(part),
+            "{part:?} is missing from: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_hub_ends_with_one_line_saying_what_to_do() {
+    let world = World::new().await;
+    // A port that was just free and is closed: connections to it are refused at once.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let output = world
+        .ducks(
+            &endpoint,
+            &[
+                "models",
+                "import",
+                "hf:stabilityai/sd-turbo",
+                "--id",
+                "sd-turbo",
+                "--family",
+                "sd-turbo",
+            ],
+        )
+        .await;
+    assert_one_clear_line(
+        &output,
+        &[
+            &format!("Cannot reach the Hugging Face hub at {endpoint}"),
+            "looks offline",
+            "ducks models import <folder> --id sd-turbo --family sd-turbo",
+        ],
+    );
+    assert!(world.model_objects().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_repos_revisions_and_gated_models_each_say_so() {
+    let world = World::new().await;
+    let hub = FakeHub::start().await;
+    let import = |source: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "models", "import", source, "--id", "m", "--family", "tiny-sd",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+
+    let output = world
+        .ducks(&hub.endpoint(), &import("hf:test/missing", &[]))
+        .await;
+    assert_one_clear_line(
+        &output,
+        &["has no model `test/missing`", "private", "set HF_TOKEN"],
+    );
+
+    let output = world
+        .ducks(
+            &hub.endpoint(),
+            &import("hf:test/tiny", &["--revision", "v9"]),
+        )
+        .await;
+    assert_one_clear_line(&output, &["`test/tiny`", "no revision `v9`"]);
+
+    let output = world
+        .ducks(&hub.endpoint(), &import("hf:test/gated", &[]))
+        .await;
+    assert_one_clear_line(
+        &output,
+        &[
+            "`test/gated`",
+            "gated",
+            &format!("{}/test/gated", hub.endpoint()),
+            "HF_TOKEN",
+        ],
+    );
+
+    let output = world.ducks(&hub.endpoint(), &import("hf:../x", &[])).await;
+    assert_one_clear_line(&output, &["not a Hugging Face model id"]);
+
+    assert!(world.model_objects().is_empty(), "nothing was imported");
+    assert!(
+        std::fs::read_dir(world.temp()).unwrap().next().is_none(),
+        "failed imports leave no temporary files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_imports_through_the_hub_protocol_and_is_listed() {
+    let world = World::new().await;
+    let hub = FakeHub::start().await;
+
+    let output = world
+        .ducks(
+            &hub.endpoint(),
+            &[
+                "models",
+                "import",
+                "hf:test/tiny",
+                "--id",
+                "tiny-hub",
+                "--family",
+                "tiny-sd",
+            ],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("(commit {COMMIT})")), "{stdout}");
+    for (_, path) in &hub.weights {
+        assert!(
+            stdout.contains(&format!("Downloading {path} (")),
+            "{path} is missing from: {stdout}"
+        );
+    }
+    assert!(stdout.contains("Imported tiny-hub (5 files)."), "{stdout}");
+
+    // Only the files tiny-sd needs were read: no fp16 copy, no look-alike folder, no extras.
+    let fetched = hub.files_fetched();
+    for path in ["fp16", "vae_1_0", "README", "vocab.json", "model_index"] {
+        assert!(
+            fetched.iter().all(|f| !f.contains(path)),
+            "{path} was fetched: {fetched:?}"
+        );
+    }
+    // The layout of the repository is kept, byte for byte, and the manifest matches it.
+    let manifest =
+        std::fs::read_to_string(world.s3.object_path(BUCKET, "models/tiny-hub/model.toml"))
+            .unwrap();
+    for (local, path) in &hub.weights {
+        let uploaded = world
+            .s3
+            .object_path(BUCKET, &format!("models/tiny-hub/{path}"));
+        assert_eq!(
+            std::fs::read(&uploaded).unwrap(),
+            std::fs::read(local).unwrap(),
+            "{path}"
+        );
+        assert!(
+            manifest.contains(&format!("path = \"{path}\"")),
+            "{manifest}"
+        );
+        assert!(
+            manifest.contains(&sha256_of(local).unwrap()),
+            "{path}: {manifest}"
+        );
+    }
+    assert!(manifest.contains("hf:test/tiny"), "{manifest}");
+    assert!(
+        std::fs::read_dir(world.temp()).unwrap().next().is_none(),
+        "the downloads are removed after the import"
+    );
+
+    let output = world.ducks(&hub.endpoint(), &["models", "list"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("tiny-hub ") && l.contains("tiny-sd")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repo_without_tokenizer_json_takes_the_clip_tokenizer_candle_uses() {
+    let world = World::new().await;
+    let hub = FakeHub::start().await;
+
+    // runwayml/stable-diffusion-v1-5's layout: vocab.json and merges.txt, no tokenizer.json.
+    let output = world
+        .ducks(
+            &hub.endpoint(),
+            &[
+                "models",
+                "import",
+                "hf:test/sd15",
+                "--id",
+                "sd15-hub",
+                "--family",
+                "sd15",
+            ],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l
+            == "The repo has no tokenizer.json; using the CLIP tokenizer from openai/clip-vit-base-patch32."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Imported sd15-hub (4 files)."), "{stdout}");
+    assert_eq!(
+        world.object("models/sd15-hub/tokenizer/tokenizer.json"),
+        hub.file(CLIP_B32, "tokenizer.json"),
+        "the tokenizer is the CLIP repository's, byte for byte"
+    );
+    let manifest = String::from_utf8(world.object("models/sd15-hub/model.toml")).unwrap();
+    assert!(
+        manifest.contains("path = \"tokenizer/tokenizer.json\""),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains(&format!(
+            "sd15 model imported from hf:test/sd15 at commit {COMMIT}, tokenizer from hf:{CLIP_B32} at commit {}",
+            commit_of(CLIP_B32)
+        )),
+        "{manifest}"
+    );
+    // Of the CLIP repositories, only the one tokenizer.json; of the model's tokenizer folder,
+    // nothing. (hf-hub reads each file twice: its first byte for the size, then the rest.)
+    let fetched = hub.files_fetched();
+    let clip: BTreeSet<&String> = fetched
+        .iter()
+        .filter(|f| f.starts_with("openai/") || f.starts_with("laion/"))
+        .collect();
+    assert_eq!(
+        clip,
+        BTreeSet::from([&format!("{CLIP_B32}/tokenizer.json")]),
+        "{fetched:?}"
+    );
+    assert!(
+        fetched
+            .iter()
+            .all(|f| !f.contains("vocab.json") && !f.contains("merges.txt")),
+        "{fetched:?}"
+    );
+
+    // stabilityai/stable-diffusion-xl-base-1.0's layout: neither tokenizer has a tokenizer.json.
+    let output = world
+        .ducks(
+            &hub.endpoint(),
+            &[
+                "models",
+                "import",
+                "hf:test/sdxl",
+                "--id",
+                "sdxl-hub",
+                "--family",
+                "sdxl",
+            ],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    for line in [
+        format!("The repo has no tokenizer.json; using the CLIP tokenizer from {CLIP_L14}."),
+        format!(
+            "The repo has no tokenizer_2/tokenizer.json; using the second CLIP tokenizer from {CLIP_BIGG}."
+        ),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} is missing from: {stdout}"
+        );
+    }
+    assert!(stdout.contains("Imported sdxl-hub (6 files)."), "{stdout}");
+    assert_eq!(
+        world.object("models/sdxl-hub/tokenizer/tokenizer.json"),
+        hub.file(CLIP_L14, "tokenizer.json")
+    );
+    assert_eq!(
+        world.object("models/sdxl-hub/tokenizer_2/tokenizer.json"),
+        hub.file(CLIP_BIGG, "tokenizer.json")
+    );
+    let manifest = String::from_utf8(world.object("models/sdxl-hub/model.toml")).unwrap();
+    for (role, repo) in [("tokenizer", CLIP_L14), ("tokenizer_2", CLIP_BIGG)] {
+        assert!(
+            manifest.contains(&format!(
+                "{role} from hf:{repo} at commit {}",
+                commit_of(repo)
+            )),
+            "{manifest}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(world.temp()).unwrap().next().is_none(),
+        "the downloads are removed after the import"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_clip_repository_ends_with_one_line_before_any_download() {
+    let world = World::new().await;
+    let hub = FakeHub::start_without(CLIP_B32).await;
+
+    let output = world
+        .ducks(
+            &hub.endpoint(),
+            &[
+                "models",
+                "import",
+                "hf:test/sd15",
+                "--id",
+                "sd15-hub",
+                "--family",
+                "sd15",
+            ],
+        )
+        .await;
+    assert_one_clear_line(
+        &output,
+        &[
+            "`test/sd15` has no tokenizer/tokenizer.json",
+            &format!(
+                "the Hugging Face hub at {} has no model `{CLIP_B32}`",
+                hub.endpoint()
+            ),
+            "ducks models import <folder> --id sd15-hub --family sd15",
+        ],
+    );
+    assert_eq!(
+        hub.files_fetched(),
+        Vec::<String>::new(),
+        "nothing was downloaded"
+    );
+    assert!(world.model_objects().is_empty(), "nothing was imported");
+    assert!(
+        std::fs::read_dir(world.temp()).unwrap().next().is_none(),
+        "failed imports leave no temporary files"
+    );
+}
+
+/// A hub on a local port: `test/tiny` holds tiny-sd in a diffusers layout beside files an
+/// import must not take; `test/gated` lists the same files but refuses them without a token;
+/// `test/sd15` and `test/sdxl` are laid out as the official Stable Diffusion repositories, with
+/// vocab.json and merges.txt but no tokenizer.json; the three CLIP repositories hold a
+/// tokenizer.json each (distinct bytes) beside files an import must not take. Any other
+/// repository does not exist.
+struct FakeHub {
+    addr: std::net::SocketAddr,
+    /// The files tiny-sd needs: where `create_tiny` wrote each, and its path in the repository.
+    weights: Vec<(PathBuf, String)>,
+    repos: Arc<BTreeMap<String, Files>>,
+    /// `repo/path` of every file read through `/resolve/`.
+    fetched: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// A repository's files by path.
+type Files = BTreeMap<String, Vec<u8>>;
+
+impl FakeHub {
+    async fn start() -> Self {
+        Self::start_without("").await
+    }
+
+    /// A hub that lacks the repository `absent`.
+    async fn start_without(absent: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let created = diffusion::create_tiny(dir.path()).unwrap();
+        let mut files = BTreeMap::new();
+        let mut weights = Vec::new();
+        for (role, local) in created {
+            let path = match role {
+                FileRole::Unet => "unet/diffusion_pytorch_model.safetensors",
+                FileRole::Vae => "vae/diffusion_pytorch_model.safetensors",
+                FileRole::TextEncoder => "text_encoder/model.safetensors",
+                FileRole::Tokenizer => "tokenizer/tokenizer.json",
+                FileRole::Config => "config.json",
+                other => panic!("tiny-sd has no {other} file"),
+            };
+            files.insert(path.to_string(), std::fs::read(&local).unwrap());
+            weights.push((local, path.to_string()));
+        }
+        // What a real repository holds beside the weights, none of which tiny-sd may take.
+        for (path, body) in [
+            ("unet/diffusion_pytorch_model.fp16.safetensors", "half"),
+            ("vae_1_0/diffusion_pytorch_model.safetensors", "older vae"),
+            ("unet/config.json", "{}"),
+            ("tokenizer/vocab.json", "{}"),
+            ("model_index.json", "{}"),
+            ("README.md", "# tiny"),
+        ] {
+            files.insert(path.to_string(), body.as_bytes().to_vec());
+        }
+        let mut repos = BTreeMap::new();
+        repos.insert("test/tiny".to_string(), files.clone());
+        repos.insert("test/gated".to_string(), files);
+
+        // The import only files these by role; their bytes are never loaded here.
+        let sd15 = [
+            "model_index.json",
+            "text_encoder/model.fp16.safetensors",
+            "text_encoder/model.safetensors",
+            "tokenizer/merges.txt",
+            "tokenizer/vocab.json",
+            "tokenizer/tokenizer_config.json",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",
+        ];
+        let sdxl_extra = [
+            "text_encoder_2/model.fp16.safetensors",
+            "text_encoder_2/model.safetensors",
+            "tokenizer_2/merges.txt",
+            "tokenizer_2/vocab.json",
+        ];
+        let contents = |paths: &[&str]| -> Files {
+            paths
+                .iter()
+                .map(|p| (p.to_string(), format!("contents of {p}").into_bytes()))
+                .collect()
+        };
+        repos.insert("test/sd15".into(), contents(&sd15));
+        repos.insert(
+            "test/sdxl".into(),
+            contents(&[&sd15[..], &sdxl_extra[..]].concat()),
+        );
+        for clip in [CLIP_B32, CLIP_L14, CLIP_BIGG] {
+            let mut files = contents(&[
+                "config.json",
+                "merges.txt",
+                "vocab.json",
+                "pytorch_model.bin",
+            ]);
+            files.insert(
+                "tokenizer.json".into(),
+                format!("{{\"tokenizer of\":\"{clip}\"}}").into_bytes(),
+            );
+            repos.insert(clip.into(), files);
+        }
+        repos.remove(absent);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let repos = Arc::new(repos);
+        let fetched = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let repos = Arc::clone(&repos);
+            let fetched = Arc::clone(&fetched);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let repos = Arc::clone(&repos);
+                    let fetched = Arc::clone(&fetched);
+                    tokio::spawn(async move {
+                        // A client that hangs up early is its own business.
+                        let _ = serve(stream, &repos, &fetched).await;
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            weights,
+            repos,
+            fetched,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn files_fetched(&self) -> Vec<String> {
+        self.fetched.lock().unwrap().clone()
+    }
+
+    /// What the hub serves as `path` of `repo`.
+    fn file(&self, repo: &str, path: &str) -> Vec<u8> {
+        self.repos[repo][path].clone()
+    }
+}
+
+impl Drop for FakeHub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The commit a repository's `main` points at: [`COMMIT`] for the `test/…` ones, and one of its
+/// own for each CLIP repository, so that the manifest shows which it came from.
+fn commit_of(repo: &str) -> String {
+    if repo.starts_with("test/") {
+        COMMIT.into()
+    } else {
+        format!("{:0<40}", etag_of(repo))[..40].into()
+    }
+}
+
+/// One request per connection, answered with `connection: close`, so no state is kept.
+async fn serve(
+    mut stream: TcpStream,
+    repos: &BTreeMap<String, Files>,
+    fetched: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() > 64 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default();
+    let target = request_line.split(' ').nth(1).unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default();
+    let range = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("range")
+            .then(|| value.trim().to_string())
+    });
+    let answer = answer(path, range.as_deref(), repos, fetched);
+    let mut response = format!(
+        "HTTP/1.1 {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        answer.status,
+        answer.body.len()
+    );
+    for (name, value) in &answer.headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    stream.write_all(&answer.body).await?;
+    stream.shutdown().await
+}
+
+struct Answer {
+    status: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn error(status: &'static str, code: &str) -> Self {
+        Answer {
+            status,
+            headers: vec![("x-error-code", code.to_string())],
+            body: format!("{{\"error\":\"{code}\"}}").into_bytes(),
+        }
+    }
+}
+
+/// The hub's answers, as hf-hub 0.4 reads them: `GET /api/models/{repo}/revision/{rev}` lists
+/// the files and the commit (`main` or the commit itself; `test/gated` lists any revision);
+/// `GET /{repo}/resolve/{rev}/{file}` with a `Range` header serves part of a file, with the
+/// commit, an etag and the full size (in `content-range`).
+fn answer(
+    path: &str,
+    range: Option<&str>,
+    repos: &BTreeMap<String, Files>,
+    fetched: &Mutex<Vec<String>>,
+) -> Answer {
+    if let Some(rest) = path.strip_prefix("/api/models/") {
+        let Some((repo, revision)) = rest.split_once("/revision/") else {
+            return Answer::error("404 Not Found", "RepoNotFound");
+        };
+        let Some(files) = repos.get(repo) else {
+            return Answer::error("404 Not Found", "RepoNotFound");
+        };
+        let commit = commit_of(repo);
+        if revision != "main" && revision != commit && repo != "test/gated" {
+            return Answer::error("404 Not Found", "RevisionNotFound");
+        }
+        let siblings: Vec<_> = files
+            .keys()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        return Answer {
+            status: "200 OK",
+            headers: vec![("content-type", "application/json".into())],
+            body: serde_json::json!({ "sha": commit, "siblings": siblings })
+                .to_string()
+                .into_bytes(),
+        };
+    }
+    if path.starts_with("/test/gated/resolve/") {
+        return Answer::error("401 Unauthorized", "GatedRepo");
+    }
+    // `/{owner}/{name}/resolve/{revision}/{file…}`
+    let mut parts = path.trim_start_matches('/').splitn(5, '/');
+    let (Some(owner), Some(name), Some("resolve"), Some(revision), Some(file)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Answer::error("404 Not Found", "RepoNotFound");
+    };
+    let repo = format!("{owner}/{name}");
+    let Some(files) = repos.get(&repo) else {
+        return Answer::error("404 Not Found", "RepoNotFound");
+    };
+    let commit = commit_of(&repo);
+    let Some(bytes) = files.get(file).filter(|_| revision == commit) else {
+        return Answer::error("404 Not Found", "EntryNotFound");
+    };
+    fetched.lock().unwrap().push(format!("{repo}/{file}"));
+    let len = bytes.len();
+    // hf-hub asks for `bytes=0-0` first, then chunks whose end may pass the last byte.
+    let (start, end) = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .unwrap_or((0, len.saturating_sub(1)));
+    if start >= len {
+        return Answer::error("416 Range Not Satisfiable", "RangeNotSatisfiable");
+    }
+    let end = end.min(len - 1);
+    Answer {
+        status: if range.is_some() {
+            "206 Partial Content"
+        } else {
+            "200 OK"
+        },
+        headers: vec![
+            ("x-repo-commit", commit),
+            (
+                "etag",
+                format!("\"{}-{len}\"", etag_of(&format!("{repo}/{file}"))),
+            ),
+            ("content-range", format!("bytes {start}-{end}/{len}")),
+            ("content-type", "application/octet-stream".into()),
+        ],
+        body: bytes[start..=end].to_vec(),
+    }
+}
+
+/// A distinct etag per file (or commit per repository): hf-hub names its cached blobs by it.
+fn etag_of(file: &str) -> String {
+    file.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+}

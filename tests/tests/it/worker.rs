@@ -1,0 +1,687 @@
+//! The worker end to end: real Redis, the embedded S3 server, the real `ducks runner` with tiny-sd
+//! through the local launcher.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ducks_queue::queue::now_ms;
+use ducks_queue::{
+    Cancelled, EventKind, FailureCode, JobId, JobRequest, JobWatch, Origin, Queue, QueueConfig,
+    Submitted,
+};
+use ducks_runner::storage::{S3Config, Storage};
+use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
+use ducks_worker::config::LocalConfig;
+use ducks_worker::{LocalLauncher, Metrics, Worker, WorkerConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::support::{config, queue_on, tiny_bucket};
+
+/// Long enough for a debug-build runner on a busy 2-core machine.
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+
+/// Redis, S3 with tiny-sd, and the folders the local launcher shares between workers.
+struct World {
+    redis: RedisServer,
+    s3: S3Server,
+    s3_config: S3Config,
+    storage: Storage,
+    queue: Queue,
+    scratch: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        Self::with_redis(RedisServer::start().await).await
+    }
+
+    async fn with_redis(redis: RedisServer) -> Self {
+        let scratch = tempfile::tempdir().unwrap();
+        let (s3, s3_config, storage) = tiny_bucket(scratch.path()).await;
+        let queue = queue_on(&redis, queue_config()).await;
+        Self {
+            redis,
+            s3,
+            s3_config,
+            storage,
+            queue,
+            scratch,
+        }
+    }
+
+    fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            concurrency: 2,
+            progress_interval_ms: 0,
+            shutdown_grace_secs: 30,
+            job_timeout_secs: JOB_LIMIT.as_secs(),
+            cancel_grace_secs: 2,
+            listen: String::new(),
+            local: LocalConfig {
+                runner_program: ducks_binary(),
+                runs_dir: self.scratch.path().join("runs"),
+                cache_dir: self.scratch.path().join("cache"),
+            },
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// A worker in this process, on its own Redis connection.
+    async fn start_worker(&self, config: WorkerConfig, name: &str) -> RunningWorker {
+        let queue = queue_on(&self.redis, queue_config()).await;
+        let launcher = LocalLauncher::new(
+            &config.local,
+            self.s3_config.clone(),
+            "images".into(),
+            config.cancel_grace(),
+        )
+        .unwrap();
+        let worker = Worker::new(queue, self.storage.clone(), launcher, config, name);
+        let metrics = worker.metrics();
+        let probe = worker.probe();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        RunningWorker {
+            stop,
+            task,
+            metrics,
+            probe,
+        }
+    }
+
+    async fn submit(&self, job: JobRequest) -> (JobId, u64) {
+        let since = now_ms();
+        match self.queue.submit(job).await.unwrap() {
+            Submitted::Queued { id, .. } => (id, since),
+            other => panic!("not queued: {other:?}"),
+        }
+    }
+
+    /// A script standing in for the runner, to inject a fault the real one cannot be made to show.
+    fn fake_runner(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.scratch.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+fn queue_config() -> QueueConfig {
+    QueueConfig {
+        lease_ms: 1_500,
+        max_retries: 1,
+        ..config()
+    }
+}
+
+struct RunningWorker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<ducks_queue::Result<()>>,
+    metrics: Arc<Metrics>,
+    probe: ducks_worker::http::Probe,
+}
+
+impl RunningWorker {
+    async fn stop(self) -> Arc<Metrics> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(JOB_LIMIT, self.task)
+            .await
+            .expect("the worker stops within its grace period")
+            .unwrap()
+            .unwrap();
+        self.metrics
+    }
+}
+
+/// A small, fast job.
+fn quick(prompt: &str) -> JobRequest {
+    let mut job = JobRequest::new(prompt, Origin::Cli);
+    job.width = Some(64);
+    job.height = Some(64);
+    job.steps = Some(1);
+    job.seed = Some(7);
+    job
+}
+
+/// A job that runs long enough to act on while it runs (many steps at tiny-sd's largest size).
+fn slow(prompt: &str) -> JobRequest {
+    let mut job = quick(prompt);
+    job.width = Some(128);
+    job.height = Some(128);
+    job.steps = Some(60);
+    job
+}
+
+/// The job's events from its submit until its terminal event.
+async fn events_until_end(queue: &Queue, id: &JobId, since: u64) -> Vec<EventKind> {
+    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
+    let mut events = Vec::new();
+    tokio::time::timeout(JOB_LIMIT, async {
+        while !events.last().is_some_and(EventKind::is_terminal) {
+            events.extend(
+                watch
+                    .next(Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.kind),
+            );
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no terminal event within {JOB_LIMIT:?}; saw {events:?}"));
+    events
+}
+
+/// Waits until the job reports its first denoising step, so it is surely running.
+async fn wait_until_running(queue: &Queue, id: &JobId, since: u64) {
+    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
+    tokio::time::timeout(JOB_LIMIT, async {
+        loop {
+            let events = watch.next(Duration::from_secs(1)).await.unwrap();
+            if let Some(end) = events.iter().find(|e| e.kind.is_terminal()) {
+                panic!("the job ended before it was seen running: {:?}", end.kind);
+            }
+            if events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Progress { .. }))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the job starts running");
+}
+
+fn terminal(events: &[EventKind]) -> &EventKind {
+    let ends: Vec<_> = events.iter().filter(|e| e.is_terminal()).collect();
+    assert_eq!(ends.len(), 1, "exactly one terminal event: {events:?}");
+    ends[0]
+}
+
+fn failure(events: &[EventKind]) -> (FailureCode, String, bool) {
+    match terminal(events) {
+        EventKind::Failed {
+            code,
+            message,
+            retryable,
+        } => (*code, message.clone(), *retryable),
+        other => panic!("expected a failure, got {other:?} in {events:?}"),
+    }
+}
+
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().expect("a PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}
+
+#[tokio::test]
+async fn a_job_goes_from_submit_to_a_working_link() {
+    let world = World::new().await;
+    let worker = world.start_worker(world.worker_config(), "w1").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probes = listener.local_addr().unwrap();
+    tokio::spawn(ducks_worker::http::serve(
+        listener,
+        worker.probe.clone(),
+        std::future::pending(),
+    ));
+
+    let mut job = quick("a duck in space");
+    job.width = Some(96);
+    let (id, since) = world.submit(job).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+
+    assert!(
+        matches!(events[0], EventKind::Queued { position: 1 }),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventKind::Starting { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventKind::Progress { step: 1, total: 1 })),
+        "{events:?}"
+    );
+    let EventKind::Succeeded { images, timings } = terminal(&events) else {
+        panic!("not a success: {events:?}");
+    };
+    assert_eq!(images.len(), 1);
+    let image = &images[0];
+    assert_eq!((image.width, image.height, image.seed), (96, 64, 7));
+    assert!(
+        image.key.starts_with("images/") && image.key.contains(id.as_str()),
+        "{}",
+        image.key
+    );
+    assert!(
+        image.url.contains("X-Amz-Signature="),
+        "a presigned link: {}",
+        image.url
+    );
+    let response = http_get(&image.url).await.unwrap();
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(png_size(&response.body), (96, 64));
+    assert!(
+        timings.generate_ms > 0 && timings.total_ms >= timings.generate_ms,
+        "{timings:?}"
+    );
+    assert_eq!(timings.gpu_seconds, 0.0, "tiny-sd holds no GPU");
+
+    // The worker published the catalogue for front ends, and reports through its probes.
+    let catalogue = world.queue.models().await.unwrap();
+    assert_eq!(catalogue.default_model.as_deref(), Some("tiny-sd"));
+    let ready = http_get(&format!("http://{probes}/readyz")).await.unwrap();
+    assert_eq!(ready.status, 200);
+    let metrics = String::from_utf8(
+        http_get(&format!("http://{probes}/metrics"))
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains(r#"ducks_worker_jobs_total{outcome="succeeded",code=""} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ducks_worker_end_to_end_seconds_count 1"),
+        "{metrics}"
+    );
+    let metrics = worker.stop().await;
+    assert_eq!(
+        (metrics.launches_total(false), metrics.launches_total(true)),
+        (1, 0)
+    );
+}
+
+#[tokio::test]
+async fn two_workers_run_twenty_jobs_exactly_once() {
+    let world = World::new().await;
+    let a = world.start_worker(world.worker_config(), "a").await;
+    let b = world.start_worker(world.worker_config(), "b").await;
+    let mut jobs = Vec::new();
+    for n in 0..20 {
+        jobs.push(world.submit(quick(&format!("duck {n}"))).await);
+    }
+    let mut seeds = HashMap::new();
+    for (id, since) in &jobs {
+        let events = events_until_end(&world.queue, id, *since).await;
+        let EventKind::Succeeded { images, .. } = terminal(&events) else {
+            panic!("{id}: {events:?}");
+        };
+        seeds.insert(id.clone(), images.len());
+    }
+    assert_eq!(seeds.len(), 20);
+    let (a, b) = (a.stop().await, b.stop().await);
+    assert_eq!(
+        a.launches_total(false) + b.launches_total(false),
+        20,
+        "one launch per job"
+    );
+    assert!(
+        a.launches_total(false) > 0 && b.launches_total(false) > 0,
+        "both workers took jobs"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_is_finished_by_another_that_adopts_its_runner() {
+    let world = World::new().await;
+    let config = world.worker_config();
+    let mut killed = tokio::process::Command::new(ducks_binary())
+        .arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DUCKS_REDIS__URL", world.redis.url())
+        .env("DUCKS_QUEUE__LEASE_MS", queue_config().lease_ms.to_string())
+        .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
+        .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
+        .env(
+            "DUCKS_S3__SECRET_ACCESS_KEY",
+            &world.s3_config.secret_access_key.0,
+        )
+        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+        .env("DUCKS_WORKER__LISTEN", "")
+        .env("RUST_LOG", "warn")
+        .env("DUCKS_WORKER__LOCAL__RUNS_DIR", &config.local.runs_dir)
+        .env("DUCKS_WORKER__LOCAL__CACHE_DIR", &config.local.cache_dir)
+        .current_dir(world.scratch.path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (id, since) = world.submit(slow("a duck that outlives its worker")).await;
+    wait_until_running(&world.queue, &id, since).await;
+    killed.kill().await.unwrap(); // SIGKILL
+
+    let adopter = world.start_worker(config, "adopter").await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+    let metrics = adopter.stop().await;
+    assert_eq!(
+        (metrics.launches_total(true), metrics.launches_total(false)),
+        (1, 0),
+        "the second worker adopted the running runner instead of starting another"
+    );
+}
+
+#[tokio::test]
+async fn requests_that_cannot_run_never_reach_a_launcher() {
+    let world = World::new().await;
+    let worker = world.start_worker(world.worker_config(), "w").await;
+
+    let mut unknown = quick("a duck");
+    unknown.model = Some("sd-nonexistent".into());
+    let (id, since) = world.submit(unknown).await;
+    let (code, message, retryable) = failure(&events_until_end(&world.queue, &id, since).await);
+    assert_eq!((code, retryable), (FailureCode::UnknownModel, false));
+    assert_eq!(
+        message,
+        "There is no model `sd-nonexistent`. Available models: tiny-sd."
+    );
+
+    let mut too_big = quick("a huge duck");
+    too_big.width = Some(512);
+    let (id, since) = world.submit(too_big).await;
+    let (code, message, retryable) = failure(&events_until_end(&world.queue, &id, since).await);
+    assert_eq!((code, retryable), (FailureCode::InvalidRequest, false));
+    assert!(message.contains("larger than tiny-sd allows"), "{message}");
+
+    let metrics = worker.stop().await;
+    assert_eq!(metrics.launches_total(false), 0);
+}
+
+/// Each runner fault, injected through a stand-in runner, gives its own code and retry decision.
+#[tokio::test]
+async fn runner_faults_give_distinct_codes_and_retry_decisions() {
+    let world = World::new().await;
+    let cases = [
+        ("crash", "kill -SEGV $$", FailureCode::RunnerCrashed, true),
+        (
+            "oom",
+            r#"echo '{"event":"error","failure":"out_of_memory","exit_code":4,"message":"CUDA out of memory."}'; exit 4"#,
+            FailureCode::OutOfMemory,
+            false,
+        ),
+        (
+            "phantom",
+            r#"echo '{"event":"result","job_id":"x","model":"tiny-sd","images":[{"key":"images/nowhere/0.png","width":64,"height":64,"seed":1,"bytes":10}],"timings":{"download_ms":0,"load_ms":0,"generate_ms":1,"upload_ms":1,"total_ms":2,"files_downloaded":0}}'"#,
+            FailureCode::OutputMissing,
+            true,
+        ),
+    ];
+    for (name, script, expected, retried) in cases {
+        let mut config = world.worker_config();
+        config.local.runner_program = world.fake_runner(name, script);
+        let worker = world.start_worker(config, name).await;
+        let (id, since) = world.submit(quick(name)).await;
+        let events = events_until_end(&world.queue, &id, since).await;
+        let (code, message, _) = failure(&events);
+        assert_eq!(code, expected, "{name}: {events:?}");
+        assert!(!message.is_empty());
+        let retries = events
+            .iter()
+            .filter(|e| matches!(e, EventKind::Retrying { .. }))
+            .count();
+        assert_eq!(retries, usize::from(retried), "{name}: {events:?}");
+        worker.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn storage_down_is_retried_then_reported() {
+    let mut world = World::new().await;
+    let worker = world.start_worker(world.worker_config(), "w").await;
+    // One job first, so the catalogue is loaded and the weights are cached.
+    let (id, since) = world.submit(quick("before")).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+
+    world.s3.stop().await;
+    let (id, since) = world.submit(quick("after")).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    let (code, _, retryable) = failure(&events);
+    assert_eq!(
+        (code, retryable),
+        (FailureCode::StorageUnavailable, false),
+        "{events:?}"
+    );
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e, EventKind::Retrying { .. }))
+        .count();
+    assert_eq!(retries, 1, "retried once (max_retries = 1): {events:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_and_running_jobs() {
+    let world = World::new().await;
+    // Queued: cancelled before any worker runs, so it never starts.
+    let (queued, queued_since) = world.submit(quick("never drawn")).await;
+    assert!(matches!(
+        world.queue.cancel(&queued).await.unwrap(),
+        Cancelled::Cancelled
+    ));
+
+    let worker = world.start_worker(world.worker_config(), "w").await;
+    let events = events_until_end(&world.queue, &queued, queued_since).await;
+    assert_eq!(terminal(&events), &EventKind::Cancelled);
+
+    let (running, since) = world.submit(slow("stopped halfway")).await;
+    wait_until_running(&world.queue, &running, since).await;
+    world.queue.cancel(&running).await.unwrap();
+    let events = events_until_end(&world.queue, &running, since).await;
+    assert_eq!(terminal(&events), &EventKind::Cancelled, "{events:?}");
+    let steps = events.iter().filter_map(|e| match e {
+        EventKind::Progress { step, .. } => Some(*step),
+        _ => None,
+    });
+    assert!(
+        steps.max().unwrap_or(0) < 60,
+        "stopped before the last step: {events:?}"
+    );
+    let metrics = worker.stop().await;
+    // The runner is gone and its folder released.
+    let runs = world.scratch.path().join("runs").join(running.as_str());
+    assert!(!runs.exists(), "{} is left behind", runs.display());
+    assert_eq!(
+        metrics.launches_total(false),
+        1,
+        "the queued job never launched"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_leaves_unfinished_jobs_to_another_worker() {
+    let world = World::new().await;
+    let mut config = world.worker_config();
+    config.shutdown_grace_secs = 0;
+    let leaving = world.start_worker(config.clone(), "leaving").await;
+    let (id, since) = world.submit(slow("a duck handed over")).await;
+    wait_until_running(&world.queue, &id, since).await;
+    let left = leaving.stop().await;
+    assert_eq!(left.launches_total(false), 1);
+
+    let status = world.queue.status(&id).await.unwrap();
+    assert!(!status.state.is_terminal(), "left unfinished: {status:?}");
+    let taker = world.start_worker(config, "taker").await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+    let took = taker.stop().await;
+    assert_eq!(
+        (took.launches_total(true), took.launches_total(false)),
+        (1, 0),
+        "the runner kept running and was adopted"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_under_a_running_worker_loses_nothing() {
+    let redis = RedisServer::start_with(RedisOptions { aof: true }).await;
+    let mut world = World::with_redis(redis).await;
+    let worker = world.start_worker(world.worker_config(), "w").await;
+    let (id, since) = world.submit(slow("through a restart")).await;
+    wait_until_running(&world.queue, &id, since).await;
+    world.redis.restart().await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+
+    // And the worker carries on taking jobs.
+    let (id, since) = world.submit(quick("after the restart")).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+    let metrics = worker.stop().await;
+    assert_eq!(metrics.launches_total(false), 2, "no job ran twice");
+}
+
+#[tokio::test]
+async fn ducks_demo_prints_a_link_and_saves_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(ducks_binary())
+        .args([
+            "demo",
+            "a rubber duck flying over the clouds",
+            "--timeout",
+            "120",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), output)
+        .await
+        .expect("ducks demo ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let link = stdout
+        .lines()
+        .find(|l| l.starts_with("http://127.0.0.1:"))
+        .expect("a link");
+    assert!(link.contains("X-Amz-Signature="), "{link}");
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Saved "))
+        .expect("the saved file");
+    let bytes = std::fs::read(dir.path().join(saved)).unwrap();
+    assert_eq!(png_size(&bytes), (64, 64));
+    assert!(Path::new(&dir.path().join(".ducks/s3")).exists());
+}
+
+#[tokio::test]
+async fn ducks_dev_serves_ducks_submit_until_interrupted() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = tokio::process::Command::new(ducks_binary())
+        .arg("dev")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The settings it prints for other terminals.
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut exports = Vec::new();
+    tokio::time::timeout(JOB_LIMIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('='))
+            {
+                exports.push((key.to_owned(), value.to_owned()));
+            }
+            if line.starts_with("ducks submit") {
+                return;
+            }
+        }
+        panic!("ducks dev ended before it was ready");
+    })
+    .await
+    .expect("ducks dev starts");
+    assert!(
+        exports.iter().any(|(k, _)| k == "DUCKS_REDIS__URL"),
+        "{exports:?}"
+    );
+
+    let out = dir.path().join("out");
+    let submit = tokio::process::Command::new(ducks_binary())
+        .args([
+            "submit",
+            "a duck from another terminal",
+            "--wait",
+            "--size",
+            "96x96",
+            "--out",
+        ])
+        .arg(&out)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(exports)
+        .current_dir(dir.path())
+        .output();
+    let submit = tokio::time::timeout(JOB_LIMIT, submit)
+        .await
+        .expect("submit --wait ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&submit.stdout);
+    let stderr = String::from_utf8_lossy(&submit.stderr);
+    assert!(
+        submit.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("step 2 of 2"), "the progress bar: {stderr}");
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Saved "))
+        .expect("a saved file");
+    assert_eq!(png_size(&std::fs::read(saved).unwrap()), (96, 96));
+
+    let pid = nix::unistd::Pid::from_raw(dev.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .expect("ducks dev stops on SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

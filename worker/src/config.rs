@@ -1,0 +1,108 @@
+//! The worker's settings (`[worker]` in `ducks.toml`, `DUCKS_WORKER__*`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Jobs this worker runs at once; each holds one launch (one pod, or one child process).
+    pub concurrency: usize,
+    /// The model for jobs that name none; empty means the catalogue's only model, if it has one.
+    pub default_model: String,
+    /// At most one Progress event per job this often; the last step always goes out.
+    pub progress_interval_ms: u64,
+    /// How often the catalogue in S3 is checked for changed manifests.
+    pub catalogue_refresh_secs: u64,
+    /// On SIGTERM or SIGINT, how long running jobs may take to finish before they are left,
+    /// unacknowledged and still running, for another worker to adopt.
+    pub shutdown_grace_secs: u64,
+    /// The longest one attempt may take from launch to result.
+    pub job_timeout_secs: u64,
+    /// How long a cancelled runner has to stop before it is killed.
+    pub cancel_grace_secs: u64,
+    /// Address of `/healthz`, `/readyz` and `/metrics`; empty serves nothing.
+    pub listen: String,
+    pub links: LinkConfig,
+    pub local: LocalConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            default_model: String::new(),
+            progress_interval_ms: 500,
+            catalogue_refresh_secs: 60,
+            shutdown_grace_secs: 30,
+            job_timeout_secs: 900,
+            cancel_grace_secs: 10,
+            listen: "127.0.0.1:9464".into(),
+            links: LinkConfig::default(),
+            local: LocalConfig::default(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.progress_interval_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.job_timeout_secs)
+    }
+
+    pub fn cancel_grace(&self) -> Duration {
+        Duration::from_secs(self.cancel_grace_secs)
+    }
+}
+
+/// How image links are made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// When set (a CDN such as CloudFront, or a public bucket), links are this URL + `/` + the
+    /// object key and never expire; otherwise they are presigned GETs.
+    pub public_base_url: String,
+    /// Lifetime of a presigned link, at most 7 days (604800).
+    pub presign_ttl_secs: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            public_base_url: String::new(),
+            presign_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+/// The local launcher: each job runs `ducks runner` as a child process on this machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// The runner program; empty means this very `ducks` executable (`ducks runner`).
+    pub runner_program: PathBuf,
+    /// One folder per job: the runner's stdout, termination message and pid, so a restarted
+    /// worker can adopt a runner that outlived it. Workers on one machine share it.
+    pub runs_dir: PathBuf,
+    /// The weight cache the runners share (a pod gets the node's cache volume instead).
+    pub cache_dir: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            runner_program: PathBuf::new(),
+            runs_dir: PathBuf::from(".ducks/runs"),
+            cache_dir: PathBuf::from(".ducks/cache"),
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! One job, from the moment a worker takes it to its terminal event: check the model, size the
+//! compute, launch, relay progress, verify the output, make the links, publish.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ducks_queue::consumer::Failure as Finish;
+use ducks_queue::queue::now_ms;
+use ducks_queue::{Delivery, EventKind, FailureCode, ImageRef, Signal, Timings};
+use ducks_runner::contract::{Line, RunResult};
+use ducks_runner::run::resolve;
+use ducks_runner::storage::Storage;
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::catalogue::{Catalogue, Lookup};
+use crate::config::WorkerConfig;
+use crate::launcher::{LaunchSpec, Launcher, Update};
+use crate::links::Links;
+use crate::metrics::Metrics;
+use crate::outcome::{JobFailure, Outcome};
+use crate::sizing::compute_for;
+
+/// What every job task shares.
+pub struct Context<L> {
+    pub storage: Storage,
+    pub launcher: L,
+    pub config: WorkerConfig,
+    pub catalogue: Catalogue,
+    pub metrics: Arc<Metrics>,
+    pub links: Links,
+}
+
+/// How long a stopped runner may take to report its end before the job is finished anyway.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs one delivery to its end. `leave` turns true when the worker shuts down and its grace
+/// period is over: the job is then given back unfinished, its runner left running for the next
+/// worker to adopt.
+pub async fn run<L: Launcher>(
+    ctx: Arc<Context<L>>,
+    delivery: Delivery,
+    leave: watch::Receiver<bool>,
+) {
+    let span = info_span!("job", job_id = %delivery.id, attempt = delivery.attempt);
+    ctx.metrics.in_flight.inc();
+    Job {
+        ctx: ctx.clone(),
+        delivery,
+        leave,
+    }
+    .run()
+    .instrument(span)
+    .await;
+    ctx.metrics.in_flight.dec();
+}
+
+struct Job<L> {
+    ctx: Arc<Context<L>>,
+    delivery: Delivery,
+    leave: watch::Receiver<bool>,
+}
+
+/// How the following of a launch ended.
+enum Followed {
+    Outcome(Outcome),
+    /// The deadline passed; the runner was stopped.
+    TimedOut,
+    /// Another worker holds the job now: let go, finish nothing.
+    LetGo,
+    /// The worker is shutting down: give the job back unfinished and leave its runner running
+    /// for the next worker to adopt.
+    Leave,
+}
+
+/// What woke the follow loop.
+enum Woke {
+    Update(Option<Update>),
+    Interrupted(Signal),
+    Leave,
+    Deadline,
+}
+
+impl<L: Launcher> Job<L> {
+    async fn run(mut self) {
+        let taken_ms = now_ms();
+        let submitted_ms = self.delivery.job.submitted_at_ms.unwrap_or(taken_ms);
+        let queue_ms = taken_ms.saturating_sub(submitted_ms);
+        let ctx = self.ctx.clone();
+
+        let manifest = match ctx
+            .catalogue
+            .lookup(
+                &ctx.storage,
+                self.delivery.job.model.as_deref(),
+                &ctx.config.default_model,
+            )
+            .await
+        {
+            Ok(Lookup::Found(manifest)) => manifest,
+            Ok(Lookup::Unknown { available }) => {
+                let message = unknown_model_message(self.delivery.job.model.as_deref(), &available);
+                return self
+                    .fail(JobFailure::new(FailureCode::UnknownModel, message, false))
+                    .await;
+            }
+            Err(e) => {
+                let message = format!("The model catalogue cannot be read right now ({e}).");
+                return self
+                    .fail(JobFailure::new(
+                        FailureCode::StorageUnavailable,
+                        message,
+                        true,
+                    ))
+                    .await;
+            }
+        };
+        let params = match resolve(&self.delivery.job, &manifest) {
+            Ok(params) => params,
+            Err(e) => {
+                return self
+                    .fail(JobFailure::new(
+                        FailureCode::InvalidRequest,
+                        e.message,
+                        false,
+                    ))
+                    .await;
+            }
+        };
+        if self.delivery.signal() == Signal::CancelRequested {
+            return self.finish(EventKind::Cancelled, "cancelled", "").await;
+        }
+
+        // Settle the model and the seed, so a retry or an adopted runner draws the same image.
+        let mut job = self.delivery.job.clone();
+        job.model = Some(manifest.id.clone());
+        job.seed = Some(params.seed);
+        let compute = compute_for(&manifest, &params);
+        let spec = LaunchSpec {
+            job_id: self.delivery.id.clone(),
+            job,
+            model: manifest.id.clone(),
+            compute: compute.clone(),
+            timeout: ctx.config.job_timeout(),
+        };
+        let starting = format!(
+            "Starting {} for {}x{}.",
+            manifest.id, params.width, params.height
+        );
+        if let Ok(Signal::CancelRequested) = self
+            .delivery
+            .publish(EventKind::Starting { message: starting })
+            .await
+        {
+            return self.finish(EventKind::Cancelled, "cancelled", "").await;
+        }
+
+        let launched = Instant::now();
+        let launch = match ctx.launcher.launch(&spec).await {
+            Ok(launch) => launch,
+            Err(e) => {
+                warn!(message = "Could not launch a runner.", error = %e);
+                let failure = JobFailure::new(
+                    FailureCode::Internal,
+                    "The image generator could not be started.",
+                    true,
+                );
+                return self.fail(failure).await;
+            }
+        };
+        ctx.metrics.count_launch(launch.adopted);
+        info!(message = "Launched a runner.", model = %manifest.id, adopted = launch.adopted, gpus = compute.gpus);
+
+        let followed = self.follow(launch.updates).await;
+        let held = launched.elapsed();
+        ctx.metrics
+            .gpu_seconds
+            .inc_by(compute.gpus as f64 * held.as_secs_f64());
+        let job_id = self.delivery.id.clone();
+        match followed {
+            Followed::LetGo => return,
+            Followed::Leave => {
+                info!(message = "Shutting down: left the job and its runner to another worker.");
+                if let Err(e) = self.delivery.abandon().await {
+                    warn!(message = "Could not give the job back; it returns after its lease.", error = %e);
+                }
+                return;
+            }
+            Followed::TimedOut => {
+                let message = format!(
+                    "The image took longer than {} seconds and was stopped.",
+                    ctx.config.job_timeout_secs
+                );
+                self.fail(JobFailure::new(
+                    FailureCode::DeadlineExceeded,
+                    message,
+                    false,
+                ))
+                .await;
+            }
+            Followed::Outcome(Outcome::Cancelled) => {
+                self.finish(EventKind::Cancelled, "cancelled", "").await;
+            }
+            Followed::Outcome(Outcome::Failed(failure)) => self.fail(failure).await,
+            Followed::Outcome(Outcome::Succeeded(result)) => {
+                let timings = Timings {
+                    queue_ms,
+                    startup_ms: (held.as_millis() as u64)
+                        .saturating_sub(result.timings.generate_ms + result.timings.upload_ms),
+                    generate_ms: result.timings.generate_ms,
+                    upload_ms: result.timings.upload_ms,
+                    total_ms: now_ms().saturating_sub(submitted_ms),
+                    gpu_seconds: compute.gpus as f64 * held.as_secs_f64(),
+                };
+                match self.images(&result).await {
+                    Ok(images) => {
+                        let metrics = &ctx.metrics;
+                        metrics.queue_wait.observe(timings.queue_ms as f64 / 1000.0);
+                        metrics.startup.observe(timings.startup_ms as f64 / 1000.0);
+                        metrics
+                            .generation
+                            .observe(timings.generate_ms as f64 / 1000.0);
+                        metrics.end_to_end.observe(timings.total_ms as f64 / 1000.0);
+                        self.finish(EventKind::Succeeded { images, timings }, "succeeded", "")
+                            .await;
+                    }
+                    Err(failure) => self.fail(failure).await,
+                }
+            }
+        }
+        ctx.launcher.release(&job_id).await;
+    }
+
+    /// Relays the launch's updates until it ends, the job is cancelled, the deadline passes, or
+    /// the job must be let go.
+    async fn follow(&mut self, mut updates: tokio::sync::mpsc::Receiver<Update>) -> Followed {
+        let ctx = self.ctx.clone();
+        let deadline = tokio::time::sleep(ctx.config.job_timeout());
+        tokio::pin!(deadline);
+        let mut stopping: Option<(Instant, bool)> = None;
+        let mut last_progress: Option<Instant> = None;
+        loop {
+            let stop_overdue = stopping.is_some_and(|(since, _)| since.elapsed() > STOP_LIMIT);
+            if stop_overdue {
+                warn!(
+                    message = "A stopped runner did not report its end; finishing the job anyway."
+                );
+                return match stopping {
+                    Some((_, true)) => Followed::TimedOut,
+                    _ => Followed::Outcome(Outcome::Cancelled),
+                };
+            }
+            let woke = tokio::select! {
+                update = updates.recv() => Woke::Update(update),
+                signal = self.delivery.interrupted(), if stopping.is_none() => Woke::Interrupted(signal),
+                // An error means the worker is gone; that branch is then disabled.
+                Ok(_) = self.leave.wait_for(|leave| *leave) => Woke::Leave,
+                _ = &mut deadline, if stopping.is_none() => Woke::Deadline,
+                _ = tokio::time::sleep(STOP_LIMIT), if stopping.is_some() => continue,
+            };
+            let update = match woke {
+                Woke::Update(update) => update,
+                Woke::Interrupted(Signal::CancelRequested) => {
+                    self.stop(&mut stopping, false).await;
+                    continue;
+                }
+                Woke::Interrupted(_) => return Followed::LetGo,
+                Woke::Leave => return Followed::Leave,
+                Woke::Deadline => {
+                    self.stop(&mut stopping, true).await;
+                    continue;
+                }
+            };
+            match update {
+                Some(Update::Finished(outcome)) => {
+                    return match stopping {
+                        Some((_, true)) => Followed::TimedOut,
+                        _ => Followed::Outcome(outcome),
+                    };
+                }
+                None => {
+                    return Followed::Outcome(Outcome::Failed(JobFailure::new(
+                        FailureCode::RunnerCrashed,
+                        "The image generator was lost.",
+                        true,
+                    )));
+                }
+                Some(Update::Waiting(message)) => {
+                    self.publish(EventKind::Starting { message }, &mut stopping)
+                        .await;
+                }
+                Some(Update::Line(Line::Progress { step, total })) => {
+                    let due = last_progress
+                        .is_none_or(|at| at.elapsed() >= ctx.config.progress_interval());
+                    if stopping.is_none() && (due || step == total) {
+                        last_progress = Some(Instant::now());
+                        self.publish(EventKind::Progress { step, total }, &mut stopping)
+                            .await;
+                    }
+                }
+                Some(Update::Line(_)) => {}
+            }
+        }
+    }
+
+    /// Publishes a non-terminal event; a cancel seen in its answer stops the runner.
+    async fn publish(&mut self, kind: EventKind, stopping: &mut Option<(Instant, bool)>) {
+        match self.delivery.publish(kind).await {
+            Ok(Signal::CancelRequested) if stopping.is_none() => self.stop(stopping, false).await,
+            Ok(_) => {}
+            // Progress is best effort; the terminal event is what must not be lost.
+            Err(e) => warn!(message = "Could not publish progress.", error = %e),
+        }
+    }
+
+    async fn stop(&mut self, stopping: &mut Option<(Instant, bool)>, timed_out: bool) {
+        info!(message = "Stopping the runner.", timed_out);
+        *stopping = Some((Instant::now(), timed_out));
+        if let Err(e) = self.ctx.launcher.cancel(&self.delivery.id).await {
+            warn!(message = "Could not stop the runner.", error = %e);
+        }
+    }
+
+    /// Checks that every reported image is in the bucket and makes its link.
+    async fn images(&self, result: &RunResult) -> Result<Vec<ImageRef>, JobFailure> {
+        let ctx = &self.ctx;
+        let mut images = Vec::with_capacity(result.images.len());
+        for image in &result.images {
+            match ctx.storage.exists(&image.key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(message = "The runner reported an image that is not in the bucket.", key = %image.key);
+                    return Err(JobFailure::new(
+                        FailureCode::OutputMissing,
+                        "The image was made but did not arrive in storage.",
+                        true,
+                    ));
+                }
+                Err(e) => return Err(storage_failure(&e.to_string())),
+            }
+            let url = ctx
+                .links
+                .link(&ctx.storage, &image.key)
+                .await
+                .map_err(|e| storage_failure(&e.to_string()))?;
+            images.push(ImageRef {
+                key: image.key.clone(),
+                url,
+                width: image.width,
+                height: image.height,
+                seed: image.seed,
+            });
+        }
+        if images.is_empty() {
+            return Err(JobFailure::new(
+                FailureCode::OutputMissing,
+                "The image generator reported no images.",
+                true,
+            ));
+        }
+        Ok(images)
+    }
+
+    async fn finish(self, kind: EventKind, outcome: &'static str, code: &'static str) {
+        self.ctx.metrics.count_job(outcome, code);
+        if let Err(e) = self.delivery.complete(kind).await {
+            warn!(message = "Could not publish the job's end; it will run again.", error = %e);
+        }
+    }
+
+    async fn fail(self, failure: JobFailure) {
+        let code = failure.code.as_str();
+        info!(message = "The job failed.", code, retryable = failure.retryable, reason = %failure.message);
+        match self
+            .delivery
+            .fail(failure.code, failure.message, failure.retryable)
+            .await
+        {
+            Ok(Finish::Retrying { .. }) => self.ctx.metrics.count_job("retrying", code),
+            Ok(Finish::Failed(_)) => self.ctx.metrics.count_job("failed", code),
+            Ok(Finish::Cancelled(_)) => self.ctx.metrics.count_job("cancelled", ""),
+            Err(e) => {
+                warn!(message = "Could not publish the job's failure; it will run again.", error = %e)
+            }
+        }
+    }
+}
+
+fn storage_failure(detail: &str) -> JobFailure {
+    JobFailure::new(
+        FailureCode::StorageUnavailable,
+        format!("Image storage is unavailable right now ({detail})."),
+        true,
+    )
+}
+
+/// The message for a model that is not in the catalogue, listing the ones that are.
+pub fn unknown_model_message(requested: Option<&str>, available: &[String]) -> String {
+    let list = if available.is_empty() {
+        "none yet: an operator must import one".to_owned()
+    } else {
+        available.join(", ")
+    };
+    match requested {
+        Some(model) => format!("There is no model `{model}`. Available models: {list}."),
+        None => format!("Choose a model: no default is set. Available models: {list}."),
+    }
+}

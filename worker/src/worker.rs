@@ -1,0 +1,201 @@
+//! The worker loop: take jobs while slots are free, run each in its own task, keep the catalogue
+//! fresh, and shut down gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ducks_queue::{Consumer, Queue};
+use ducks_runner::storage::Storage;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::catalogue::Catalogue;
+use crate::config::WorkerConfig;
+use crate::http::Probe;
+use crate::job::{self, Context};
+use crate::launcher::Launcher;
+use crate::links::Links;
+use crate::metrics::Metrics;
+
+/// After the grace period, how long jobs get to hand themselves back before the worker exits.
+const LEAVE_LIMIT: Duration = Duration::from_secs(10);
+/// The pause after a failed read from the queue.
+const READ_RETRY: Duration = Duration::from_millis(500);
+
+pub struct Worker<L> {
+    queue: Queue,
+    name: String,
+    ctx: Arc<Context<L>>,
+    queue_ok: Arc<AtomicBool>,
+}
+
+impl<L: Launcher> Worker<L> {
+    /// `name` identifies this worker's consumer in the group; a worker restarted under the same
+    /// name takes its own unfinished jobs back at once.
+    pub fn new(
+        queue: Queue,
+        storage: Storage,
+        launcher: L,
+        config: WorkerConfig,
+        name: impl Into<String>,
+    ) -> Self {
+        let links = Links::new(&config.links);
+        Self {
+            queue,
+            name: name.into(),
+            ctx: Arc::new(Context {
+                storage,
+                launcher,
+                config,
+                catalogue: Catalogue::default(),
+                metrics: Arc::new(Metrics::default()),
+                links,
+            }),
+            queue_ok: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.ctx.metrics.clone()
+    }
+
+    pub fn catalogue(&self) -> Catalogue {
+        self.ctx.catalogue.clone()
+    }
+
+    /// What `/readyz` and `/metrics` look at.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            metrics: self.ctx.metrics.clone(),
+            catalogue: self.ctx.catalogue.clone(),
+            queue_ok: self.queue_ok.clone(),
+        }
+    }
+
+    /// Takes and runs jobs until `shutdown` resolves; then stops taking jobs, lets running ones
+    /// finish within the grace period, and gives the rest back unfinished (their runners keep
+    /// running, for another worker to adopt). Never acknowledges an unfinished job.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> ducks_queue::Result<()> {
+        let config = &self.ctx.config;
+        let mut consumer = Consumer::new(self.queue.clone(), self.name.clone()).await?;
+        // Know the models before the first job; a failure here is retried by the refresher.
+        if let Err(e) = self
+            .ctx
+            .catalogue
+            .sync(&self.ctx.storage, &self.queue, &config.default_model)
+            .await
+        {
+            warn!(message = "Could not read the model catalogue yet.", error = %e);
+        }
+        let (stopping_tx, stopping) = watch::channel(false);
+        let refresher = tokio::spawn(keep_catalogue_fresh(
+            self.ctx.clone(),
+            self.queue.clone(),
+            stopping.clone(),
+        ));
+        let (leave_tx, leave) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(message = "The worker is taking jobs.", consumer = %self.name, concurrency = config.concurrency);
+
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            // Not raced against the shutdown: a read cut short could take jobs and drop them. It
+            // returns within the queue's block time.
+            let batch = consumer.next_batch(permits.len()).await;
+            let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
+            match batch {
+                Ok(deliveries) => {
+                    self.queue_ok.store(true, Ordering::Relaxed);
+                    for delivery in deliveries {
+                        if stop_now {
+                            let _ = delivery.abandon().await;
+                            continue;
+                        }
+                        let permit = permits.pop().expect("one permit per delivery");
+                        let ctx = self.ctx.clone();
+                        let leave = leave.clone();
+                        tasks.spawn(async move {
+                            job::run(ctx, delivery, leave).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.queue_ok.store(false, Ordering::Relaxed);
+                    warn!(message = "Could not read from the queue; retrying.", error = %e);
+                    tokio::time::sleep(READ_RETRY).await;
+                }
+            }
+            if stop_now {
+                break;
+            }
+        }
+
+        let _ = stopping_tx.send(true);
+        let running = tasks.len();
+        info!(
+            message = "Stopping: no new jobs; waiting for running ones.",
+            running,
+            grace_secs = config.shutdown_grace_secs
+        );
+        let all_done = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(config.shutdown_grace(), all_done)
+            .await
+            .is_err()
+        {
+            info!(
+                message = "The grace period is over; leaving the remaining jobs to other workers.",
+                remaining = tasks.len()
+            );
+            let _ = leave_tx.send(true);
+            let all_left = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(LEAVE_LIMIT, all_left).await.is_err() {
+                warn!(
+                    message =
+                        "Some jobs did not hand themselves back; they return after their lease."
+                );
+            }
+        }
+        let _ = refresher.await;
+        drop(consumer);
+        info!(message = "The worker stopped.");
+        Ok(())
+    }
+}
+
+/// Reads changed manifests from S3 and publishes the catalogue to Redis every
+/// `catalogue_refresh_secs`, until the worker stops.
+async fn keep_catalogue_fresh<L>(
+    ctx: Arc<Context<L>>,
+    queue: Queue,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let period = Duration::from_secs(ctx.config.catalogue_refresh_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = ctx
+            .catalogue
+            .sync(&ctx.storage, &queue, &ctx.config.default_model)
+            .await
+        {
+            warn!(message = "Could not refresh the model catalogue.", error = %e);
+        }
+    }
+}
