@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ducks_queue::queue::now_ms;
 use ducks_queue::{
-    JobId, JobRequest, JobWatch, Origin, Queue, QueueConfig, Redacted, RedisTarget, Submitted,
+    EventReader, JobId, JobRequest, Origin, Queue, QueueConfig, Redacted, RedisTarget, Submitted,
 };
 use ducks_runner::contract::{Image, RunResult, RunTimings};
 use ducks_runner::diffusion;
@@ -21,7 +20,7 @@ use ducks_tests::{RedisServer, S3Server};
 use ducks_worker::{
     Launch, LaunchError, LaunchSpec, Launcher, Outcome, Update, Worker, WorkerConfig,
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const JOBS: usize = 1_000;
 const IN_FLIGHT: usize = 500;
@@ -39,7 +38,7 @@ struct Stamps {
 #[derive(Clone, Default)]
 struct InstantLauncher {
     stamps: Arc<Mutex<Stamps>>,
-    hold: Arc<Mutex<Option<Arc<Notify>>>>,
+    hold: Arc<Mutex<Option<watch::Receiver<bool>>>>,
 }
 
 impl Launcher for InstantLauncher {
@@ -67,8 +66,8 @@ impl Launcher for InstantLauncher {
         let stamps = self.stamps.clone();
         let id = spec.job_id.clone();
         tokio::spawn(async move {
-            if let Some(release) = hold {
-                release.notified().await;
+            if let Some(mut released) = hold {
+                let _ = released.wait_for(|released| *released).await;
             }
             stamps.lock().unwrap().finished.insert(id, Instant::now());
             let _ = tx.send(result).await;
@@ -114,12 +113,31 @@ async fn submit(queue: &Queue, n: usize) -> JobId {
     }
 }
 
-async fn wait_for_end(queue: &Queue, id: &JobId, since: u64) -> Instant {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    loop {
-        let events = watch.next(Duration::from_secs(1)).await.unwrap();
-        if events.iter().any(|e| e.kind.is_terminal()) {
-            return Instant::now();
+/// Reads events as a front end does (one consumer group, connected once) and notes when each
+/// job's terminal event was read.
+struct Ends {
+    reader: EventReader,
+    seen: HashMap<JobId, Instant>,
+}
+
+impl Ends {
+    /// When `id`'s terminal event was read, reading until it is.
+    async fn of(&mut self, id: &JobId) -> Instant {
+        loop {
+            if let Some(at) = self.seen.get(id) {
+                return *at;
+            }
+            let entries = self.reader.next(100, Duration::from_secs(1)).await.unwrap();
+            let now = Instant::now();
+            for entry in &entries {
+                if let Ok(event) = &entry.event
+                    && event.kind.is_terminal()
+                {
+                    self.seen.insert(event.job_id.clone(), now);
+                }
+            }
+            let ids: Vec<String> = entries.into_iter().map(|e| e.entry_id).collect();
+            self.reader.ack(&ids).await.unwrap();
         }
     }
 }
@@ -176,11 +194,16 @@ async fn main() {
         let _ = stopped.await;
     }));
 
+    let mut ends = Ends {
+        reader: EventReader::new(&queue, "cli", "bench", "bench")
+            .await
+            .unwrap(),
+        seen: HashMap::new(),
+    };
     // Warm up: the first jobs pay for connections and the catalogue.
     for n in 0..20 {
-        let since = now_ms();
         let id = submit(&queue, n).await;
-        wait_for_end(&queue, &id, since).await;
+        ends.of(&id).await;
     }
     let rss_idle = rss_mib();
 
@@ -188,10 +211,9 @@ async fn main() {
     let mut to_event = Vec::with_capacity(JOBS);
     let started = Instant::now();
     for n in 0..JOBS {
-        let since = now_ms();
         let submitted = Instant::now();
         let id = submit(&queue, n).await;
-        let ended = wait_for_end(&queue, &id, since).await;
+        let ended = ends.of(&id).await;
         let stamps = launcher.stamps.lock().unwrap();
         to_launch.push((stamps.launched[&id] - submitted).as_secs_f64() * 1000.0);
         to_event.push((ended - stamps.finished[&id]).as_secs_f64() * 1000.0);
@@ -199,9 +221,8 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
 
     // Memory with many jobs in flight: launches held until released.
-    let release = Arc::new(Notify::new());
-    *launcher.hold.lock().unwrap() = Some(release.clone());
-    let since = now_ms();
+    let (release, released) = watch::channel(false);
+    *launcher.hold.lock().unwrap() = Some(released);
     let mut held = Vec::new();
     for n in 0..IN_FLIGHT {
         held.push(submit(&queue, JOBS + n).await);
@@ -215,9 +236,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rss_busy = rss_mib();
-    release.notify_waiters();
+    release.send_replace(true);
     for id in &held {
-        wait_for_end(&queue, id, since).await;
+        ends.of(id).await;
     }
     let _ = stop.send(());
     running.await.unwrap().unwrap();
