@@ -45,7 +45,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(78); // EX_CONFIG
         }
     };
-    init_logging(cli.log_format.unwrap_or(settings.log.format));
+    // The demo's output is for a person reading along: only problems are logged unless asked.
+    let default_level = match cli.command {
+        commands::Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format.unwrap_or(settings.log.format), default_level);
     match commands::run(cli.command, settings).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -55,8 +60,9 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -47,8 +47,18 @@ const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectSummary {
     pub key: String,
+    /// Empty where the server lists none (s3s-fs).
     pub etag: String,
     pub size: u64,
+    pub last_modified: String,
+}
+
+impl ObjectSummary {
+    /// Changes whenever the object does: the ETag, and size and time for servers that list no
+    /// ETag.
+    pub fn version(&self) -> String {
+        format!("{}|{}|{}", self.etag, self.size, self.last_modified)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +207,8 @@ impl Storage {
             .collect())
     }
 
-    /// Every object under `prefix` with its ETag, which changes whenever the object does: the
-    /// worker re-reads only the manifests whose ETag moved.
+    /// Every object under `prefix` with what identifies its version: the worker re-reads only the
+    /// manifests whose version moved.
     pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
         let mut objects = Vec::new();
         let mut pages = self
@@ -215,6 +225,7 @@ impl Storage {
                     key: o.key()?.to_owned(),
                     etag: o.e_tag().unwrap_or_default().to_owned(),
                     size: o.size().unwrap_or_default().max(0) as u64,
+                    last_modified: o.last_modified().map(|t| t.to_string()).unwrap_or_default(),
                 })
             }));
         }

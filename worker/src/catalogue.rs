@@ -1,5 +1,6 @@
 //! The worker's copy of the model catalogue: manifests read from S3, kept fresh cheaply (only
-//! manifests whose ETag changed are read again), and published to Redis for front ends.
+//! manifests whose version (ETag, size, time) changed are read again), and published to Redis for
+//! front ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,7 +19,7 @@ pub struct Catalogue {
 
 #[derive(Default)]
 struct Known {
-    /// Model id → (manifest ETag, manifest).
+    /// Model id → (manifest version, manifest).
     models: HashMap<String, (String, ModelManifest)>,
     /// Whether one refresh has completed (readiness).
     loaded: bool,
@@ -106,7 +107,7 @@ impl Catalogue {
                     .strip_prefix("models/")?
                     .strip_suffix("/model.toml")?
                     .to_owned();
-                Some((id, object.etag))
+                Some((id, object.version()))
             })
             .collect();
         let stale: Vec<String> = {

@@ -78,6 +78,8 @@ impl Stack {
         storage.ensure_bucket().await?;
         seed_tiny_model(&storage).await?;
 
+        // Short blocking reads, so the stack stops within a moment of being asked.
+        settings.queue.block_ms = settings.queue.block_ms.min(250);
         let worker = &mut settings.worker;
         if worker.default_model.is_empty() {
             worker.default_model = TINY_MODEL.into();

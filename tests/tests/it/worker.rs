@@ -685,3 +685,58 @@ async fn ducks_dev_serves_ducks_submit_until_interrupted() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn the_catalogue_rereads_only_changed_manifests_and_publishes_changes() {
+    use ducks_runner::catalogue;
+    use ducks_runner::manifest::manifest_key;
+    let world = World::new().await;
+    let known = ducks_worker::Catalogue::default();
+    assert!(
+        known.refresh(&world.storage).await.unwrap(),
+        "the first read is a change"
+    );
+    world.s3.reset_counts();
+    assert!(!known.refresh(&world.storage).await.unwrap());
+    assert_eq!(
+        world.s3.requests("GET", "models/"),
+        0,
+        "nothing changed, nothing re-read"
+    );
+
+    // A second model appears, then the first one's manifest changes.
+    let mut other = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    other.id = "tiny-two".into();
+    let put = async |manifest: &ducks_runner::manifest::ModelManifest| {
+        world
+            .storage
+            .put(
+                &manifest_key(&manifest.id),
+                manifest.to_toml().into_bytes(),
+                "application/toml",
+                HashMap::new(),
+            )
+            .await
+            .unwrap()
+    };
+    put(&other).await;
+    world.s3.reset_counts();
+    assert!(known.refresh(&world.storage).await.unwrap());
+    assert_eq!(world.s3.requests("GET", "models/tiny-two/model.toml"), 1);
+    assert_eq!(world.s3.requests("GET", "models/tiny-sd/model.toml"), 0);
+    assert_eq!(known.ids(), ["tiny-sd", "tiny-two"]);
+
+    let mut changed = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    changed.description = "Changed.".into();
+    put(&changed).await;
+    world.s3.reset_counts();
+    known.sync(&world.storage, &world.queue, "").await.unwrap();
+    assert_eq!(world.s3.requests("GET", "models/tiny-sd/model.toml"), 1);
+    assert_eq!(world.s3.requests("GET", "models/tiny-two/model.toml"), 0);
+    let published = world.queue.models().await.unwrap();
+    assert_eq!(published.get("tiny-sd").unwrap().description, "Changed.");
+    assert_eq!(
+        published.default_model, None,
+        "two models and no default set"
+    );
+}
