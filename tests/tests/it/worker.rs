@@ -149,12 +149,15 @@ fn quick(prompt: &str) -> JobRequest {
     job
 }
 
+/// Steps of a slow job: about 5 s on an idle machine with a debug build.
+const SLOW_STEPS: u32 = 120;
+
 /// A job that runs long enough to act on while it runs (many steps at tiny-sd's largest size).
 fn slow(prompt: &str) -> JobRequest {
     let mut job = quick(prompt);
     job.width = Some(128);
     job.height = Some(128);
-    job.steps = Some(60);
+    job.steps = Some(SLOW_STEPS);
     job
 }
 
@@ -503,7 +506,7 @@ async fn cancel_stops_queued_and_running_jobs() {
         _ => None,
     });
     assert!(
-        steps.max().unwrap_or(0) < 60,
+        steps.max().unwrap_or(0) < SLOW_STEPS,
         "stopped before the last step: {events:?}"
     );
     let metrics = worker.stop().await;
