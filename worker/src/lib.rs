@@ -8,7 +8,7 @@
 //! ## Layout
 //! - The pure core: [`sizing`] (compute per job), [`outcome`] (runner exit → outcome and the
 //!   user's message), [`links`] (presigned or public links), [`launcher`] (the `Launcher` trait
-//!   and the runner's environment).
+//!   and the runner's environment), [`kube`] (the Kubernetes Job spec; its launcher comes next).
 //! - I/O: [`worker`] (the loop, shutdown), `job` (one job's life), [`catalogue`] (manifests from
 //!   S3 into Redis), [`local`] (runners as child processes), [`http`] (probes and metrics),
 //!   [`metrics`].
@@ -17,6 +17,7 @@ pub mod catalogue;
 pub mod config;
 pub mod http;
 mod job;
+pub mod kube;
 pub mod launcher;
 pub mod links;
 pub mod local;
