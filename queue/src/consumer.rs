@@ -265,6 +265,16 @@ impl Consumer {
         self.held.lock().len()
     }
 
+    /// Stops reading ahead (a worker shutting down takes no more jobs) and gives back at once
+    /// what was read ahead. Jobs already handed out keep their leases.
+    pub async fn stop_prefetching(&self) {
+        self.prefetch.closed.store(true, SeqCst);
+        let orphans = self.prefetch.take(usize::MAX);
+        if !orphans.is_empty() {
+            give_back_orphans(self.queue.clone(), self.name.clone(), orphans).await;
+        }
+    }
+
     /// Up to `max` jobs to run, waiting at most the configured block time. Entries that cannot run
     /// (undecodable, invalid, expired, delivered too often) are finished here and never returned.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>> {
@@ -852,6 +862,14 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
+    /// Replaces the request (a worker settles the model and the seed), so a retry runs the settled
+    /// request. The stream entry itself is not rewritten: a worker that takes the job over after
+    /// a lost lease reads the original.
+    pub fn settle(&mut self, job: JobRequest) {
+        self.payload = wire::encode(&job);
+        self.job = job;
+    }
+
     /// The latest news from the lease keeper.
     pub fn signal(&self) -> Signal {
         *self.signal.borrow()

@@ -23,13 +23,17 @@ struct Known {
     models: HashMap<String, (String, ModelManifest)>,
     /// Whether one refresh has completed (readiness).
     loaded: bool,
+    /// Something changed since the snapshot was last published to Redis.
+    unpublished: bool,
 }
 
 /// What a job's model resolves to.
 pub enum Lookup {
     Found(Box<ModelManifest>),
-    /// Unknown; the ids that exist, sorted, for the message.
+    /// Unknown: the id looked for (`None` when no model was asked for and none is the default)
+    /// and the ids that exist, sorted, for the message.
     Unknown {
+        id: Option<String>,
         available: Vec<String>,
     },
 }
@@ -72,6 +76,7 @@ impl Catalogue {
                 [only] => only.clone(),
                 others => {
                     return Ok(Lookup::Unknown {
+                        id: None,
                         available: others.to_vec(),
                     });
                 }
@@ -82,13 +87,14 @@ impl Catalogue {
         }
         match bucket_catalogue::load(storage, &id).await {
             Ok(manifest) => {
-                self.write()
-                    .models
-                    .insert(id, (String::new(), manifest.clone()));
+                let mut known = self.write();
+                known.models.insert(id, (String::new(), manifest.clone()));
+                known.unpublished = true;
                 Ok(Lookup::Found(Box::new(manifest)))
             }
             Err(CatalogueError::Storage(e)) => Err(e),
             Err(_) => Ok(Lookup::Unknown {
+                id: Some(id),
                 available: self.ids(),
             }),
         }
@@ -137,6 +143,7 @@ impl Catalogue {
             known.models.insert(id, (etag, manifest));
         }
         known.loaded = true;
+        known.unpublished |= changed;
         Ok(changed)
     }
 
@@ -164,8 +171,12 @@ impl Catalogue {
         queue: &Queue,
         default_model: &str,
     ) -> Result<(), SyncError> {
-        if self.refresh(storage).await? {
-            queue.publish_models(&self.snapshot(default_model)).await?;
+        self.refresh(storage).await?;
+        // A change a lookup's refresh saw, or one whose publish failed, is published now.
+        let pending = std::mem::take(&mut self.write().unpublished);
+        if pending && let Err(e) = queue.publish_models(&self.snapshot(default_model)).await {
+            self.write().unpublished = true;
+            return Err(e.into());
         }
         Ok(())
     }

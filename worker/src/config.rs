@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
+    /// This worker's consumer name in the queue. A worker restarted under the same name takes its
+    /// own unfinished jobs back at once. Empty: the host name (a pod's name) and the process id.
+    pub name: String,
     /// Jobs this worker runs at once; each holds one launch (one pod, or one child process).
     pub concurrency: usize,
     /// The model for jobs that name none; empty means the catalogue's only model, if it has one.
@@ -32,6 +35,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
+            name: String::new(),
             concurrency: 4,
             default_model: String::new(),
             progress_interval_ms: 500,

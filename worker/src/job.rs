@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ducks_queue::consumer::Failure as Finish;
 use ducks_queue::queue::now_ms;
-use ducks_queue::{Delivery, EventKind, FailureCode, ImageRef, Signal, Timings};
+use ducks_queue::{Completion, Delivery, EventKind, FailureCode, ImageRef, Signal, Timings};
 use ducks_runner::contract::{Line, RunResult};
 use ducks_runner::run::resolve;
 use ducks_runner::storage::Storage;
@@ -98,16 +98,16 @@ impl<L: Launcher> Job<L> {
             .await
         {
             Ok(Lookup::Found(manifest)) => manifest,
-            Ok(Lookup::Unknown { available }) => {
-                let message = unknown_model_message(self.delivery.job.model.as_deref(), &available);
+            Ok(Lookup::Unknown { id, available }) => {
+                let message = unknown_model_message(id.as_deref(), &available);
                 return self
-                    .fail(JobFailure::new(FailureCode::UnknownModel, message, false))
+                    .reject(JobFailure::new(FailureCode::UnknownModel, message, false))
                     .await;
             }
             Err(e) => {
                 let message = format!("The model catalogue cannot be read right now ({e}).");
                 return self
-                    .fail(JobFailure::new(
+                    .reject(JobFailure::new(
                         FailureCode::StorageUnavailable,
                         message,
                         true,
@@ -119,7 +119,7 @@ impl<L: Launcher> Job<L> {
             Ok(params) => params,
             Err(e) => {
                 return self
-                    .fail(JobFailure::new(
+                    .reject(JobFailure::new(
                         FailureCode::InvalidRequest,
                         e.message,
                         false,
@@ -127,14 +127,17 @@ impl<L: Launcher> Job<L> {
                     .await;
             }
         };
-        if self.delivery.signal() == Signal::CancelRequested {
-            return self.finish(EventKind::Cancelled, "cancelled", "").await;
+        match self.delivery.signal() {
+            Signal::Running => {}
+            Signal::CancelRequested => return self.cancel_before_launch().await,
+            Signal::Lost => return,
         }
 
         // Settle the model and the seed, so a retry or an adopted runner draws the same image.
         let mut job = self.delivery.job.clone();
         job.model = Some(manifest.id.clone());
         job.seed = Some(params.seed);
+        self.delivery.settle(job.clone());
         let compute = compute_for(&manifest, &params);
         let spec = LaunchSpec {
             job_id: self.delivery.id.clone(),
@@ -147,12 +150,16 @@ impl<L: Launcher> Job<L> {
             "Starting {} for {}x{}.",
             manifest.id, params.width, params.height
         );
-        if let Ok(Signal::CancelRequested) = self
+        match self
             .delivery
             .publish(EventKind::Starting { message: starting })
             .await
         {
-            return self.finish(EventKind::Cancelled, "cancelled", "").await;
+            Ok(Signal::CancelRequested) => return self.cancel_before_launch().await,
+            // Another worker holds the job now: it launches (or adopts), not this one.
+            Ok(Signal::Lost) => return,
+            Ok(Signal::Running) => {}
+            Err(e) => warn!(message = "Could not publish that the job is starting.", error = %e),
         }
 
         let launched = Instant::now();
@@ -165,7 +172,7 @@ impl<L: Launcher> Job<L> {
                     "The image generator could not be started.",
                     true,
                 );
-                return self.fail(failure).await;
+                return self.reject(failure).await;
             }
         };
         ctx.metrics.count_launch(launch.adopted);
@@ -177,14 +184,14 @@ impl<L: Launcher> Job<L> {
             .gpu_seconds
             .inc_by(compute.gpus as f64 * held.as_secs_f64());
         let job_id = self.delivery.id.clone();
-        match followed {
-            Followed::LetGo => return,
+        let written = match followed {
+            Followed::LetGo => false,
             Followed::Leave => {
                 info!(message = "Shutting down: left the job and its runner to another worker.");
                 if let Err(e) = self.delivery.abandon().await {
                     warn!(message = "Could not give the job back; it returns after its lease.", error = %e);
                 }
-                return;
+                false
             }
             Followed::TimedOut => {
                 let message = format!(
@@ -196,10 +203,10 @@ impl<L: Launcher> Job<L> {
                     message,
                     false,
                 ))
-                .await;
+                .await
             }
             Followed::Outcome(Outcome::Cancelled) => {
-                self.finish(EventKind::Cancelled, "cancelled", "").await;
+                self.finish(EventKind::Cancelled, "cancelled", "").await
             }
             Followed::Outcome(Outcome::Failed(failure)) => self.fail(failure).await,
             Followed::Outcome(Outcome::Succeeded(result)) => {
@@ -222,13 +229,29 @@ impl<L: Launcher> Job<L> {
                             .observe(timings.generate_ms as f64 / 1000.0);
                         metrics.end_to_end.observe(timings.total_ms as f64 / 1000.0);
                         self.finish(EventKind::Succeeded { images, timings }, "succeeded", "")
-                            .await;
+                            .await
                     }
                     Err(failure) => self.fail(failure).await,
                 }
             }
+        };
+        // Until the job's end is written, the next worker may still need the runner's result.
+        if written {
+            ctx.launcher.release(&job_id).await;
         }
-        ctx.launcher.release(&job_id).await;
+    }
+
+    /// A job cancelled before this worker launched anything: a runner an earlier worker left
+    /// running for it is stopped too.
+    async fn cancel_before_launch(self) {
+        let ctx = self.ctx.clone();
+        let job_id = self.delivery.id.clone();
+        if let Err(e) = ctx.launcher.cancel(&job_id).await {
+            warn!(message = "Could not stop the job's runner.", error = %e);
+        }
+        if self.finish(EventKind::Cancelled, "cancelled", "").await {
+            ctx.launcher.release(&job_id).await;
+        }
     }
 
     /// Relays the launch's updates until it ends, the job is cancelled, the deadline passes, or
@@ -254,7 +277,8 @@ impl<L: Launcher> Job<L> {
                 update = updates.recv() => Woke::Update(update),
                 signal = self.delivery.interrupted(), if stopping.is_none() => Woke::Interrupted(signal),
                 // An error means the worker is gone; that branch is then disabled.
-                Ok(_) = self.leave.wait_for(|leave| *leave) => Woke::Leave,
+                // While a runner is being stopped, the stop (bounded) finishes first.
+                Ok(_) = self.leave.wait_for(|leave| *leave), if stopping.is_none() => Woke::Leave,
                 _ = &mut deadline, if stopping.is_none() => Woke::Deadline,
                 _ = tokio::time::sleep(STOP_LIMIT), if stopping.is_some() => continue,
             };
@@ -361,14 +385,27 @@ impl<L: Launcher> Job<L> {
         Ok(images)
     }
 
-    async fn finish(self, kind: EventKind, outcome: &'static str, code: &'static str) {
+    /// Writes the terminal event; true when the job's end is recorded (by this call or before).
+    async fn finish(self, kind: EventKind, outcome: &'static str, code: &'static str) -> bool {
         self.ctx.metrics.count_job(outcome, code);
-        if let Err(e) = self.delivery.complete(kind).await {
-            warn!(message = "Could not publish the job's end; it will run again.", error = %e);
+        match self.delivery.complete(kind).await {
+            Ok(Completion::Done | Completion::AlreadyFinished) => true,
+            Ok(Completion::Lost) => false,
+            Err(e) => {
+                warn!(message = "Could not publish the job's end; it will run again.", error = %e);
+                false
+            }
         }
     }
 
-    async fn fail(self, failure: JobFailure) {
+    /// Fails the job before anything was launched for it: nothing to release.
+    async fn reject(self, failure: JobFailure) {
+        self.fail(failure).await;
+    }
+
+    /// Ends this attempt with `failure`; true when that is recorded (a retry is queued or the
+    /// job's end is written).
+    async fn fail(self, failure: JobFailure) -> bool {
         let code = failure.code.as_str();
         info!(message = "The job failed.", code, retryable = failure.retryable, reason = %failure.message);
         match self
@@ -376,11 +413,21 @@ impl<L: Launcher> Job<L> {
             .fail(failure.code, failure.message, failure.retryable)
             .await
         {
-            Ok(Finish::Retrying { .. }) => self.ctx.metrics.count_job("retrying", code),
-            Ok(Finish::Failed(_)) => self.ctx.metrics.count_job("failed", code),
-            Ok(Finish::Cancelled(_)) => self.ctx.metrics.count_job("cancelled", ""),
+            Ok(Finish::Retrying { .. }) => {
+                self.ctx.metrics.count_job("retrying", code);
+                true
+            }
+            Ok(Finish::Failed(done)) => {
+                self.ctx.metrics.count_job("failed", code);
+                done != Completion::Lost
+            }
+            Ok(Finish::Cancelled(done)) => {
+                self.ctx.metrics.count_job("cancelled", "");
+                done != Completion::Lost
+            }
             Err(e) => {
-                warn!(message = "Could not publish the job's failure; it will run again.", error = %e)
+                warn!(message = "Could not publish the job's failure; it will run again.", error = %e);
+                false
             }
         }
     }

@@ -146,6 +146,7 @@ impl<L: Launcher> Worker<L> {
         }
 
         let _ = stopping_tx.send(true);
+        consumer.stop_prefetching().await;
         let running = tasks.len();
         info!(
             message = "Stopping: no new jobs; waiting for running ones.",

@@ -65,7 +65,7 @@ pub async fn run(args: Args, queue: &Queue) -> Result<u8, super::Error> {
     request.count = args.count;
     request.idempotency_key = args.idempotency_key;
     request.requester.id = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    let since_ms = now_ms();
+    let mut since_ms = now_ms();
     let submitted = queue.submit(request).await?;
     match &submitted {
         Submitted::Queued { id, position } => println!("Queued {id} (position {position})."),
@@ -73,6 +73,10 @@ pub async fn run(args: Args, queue: &Queue) -> Result<u8, super::Error> {
     }
     if !args.wait {
         return Ok(0);
+    }
+    if let Submitted::Duplicate { id } = &submitted {
+        // Follow the first job from its own submit, whose events may all be written already.
+        since_ms = queue.status(id).await?.submitted_at_ms;
     }
     let followed = follow::follow(
         queue,

@@ -39,7 +39,12 @@ impl RunningWorker {
         )
         .map_err(|e| format!("the local launcher's folders cannot be created: {e}"))?;
         let listen = config.listen.clone();
-        let worker = Worker::new(queue, storage, launcher, config, consumer_name());
+        let name = if config.name.is_empty() {
+            default_name()
+        } else {
+            config.name.clone()
+        };
+        let worker = Worker::new(queue, storage, launcher, config, name);
         let (stop, stopped) = oneshot::channel::<()>();
         let (probes_stop, probes_stopped) = oneshot::channel::<()>();
         let probes = if listen.is_empty() {
@@ -76,9 +81,10 @@ impl RunningWorker {
     }
 }
 
-/// This worker's consumer name: the host name (a pod's name in Kubernetes, stable across
-/// container restarts, so a restarted worker takes its own jobs back at once) and the process id.
-fn consumer_name() -> String {
+/// The consumer name when `worker.name` is empty: the host name (a pod's name in Kubernetes) and
+/// the process id, unique per live process. In a container the pid is the same after a restart,
+/// so a restarted worker takes its own jobs back at once; elsewhere, set `worker.name` for that.
+fn default_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

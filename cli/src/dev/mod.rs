@@ -46,7 +46,7 @@ impl Stack {
         let redis = if redis_configured(&settings) {
             None
         } else {
-            let child = RedisChild::start(&data.join("redis")).await?;
+            let child = RedisChild::start_on_a_free_port(&data.join("redis")).await?;
             settings.redis.url = SecretString::from(child.url());
             settings.redis.cluster = false;
             Some(child)

@@ -8,6 +8,10 @@ use tokio::process::{Child, Command};
 
 /// How long a fresh `redis-server` may take to answer.
 const START_LIMIT: Duration = Duration::from_secs(10);
+/// Ports tried before giving up.
+const PORT_ATTEMPTS: usize = 3;
+/// Part of the error when the chosen port went to another server.
+const PORT_TAKEN: &str = "port taken";
 
 pub struct RedisChild {
     child: Child,
@@ -17,7 +21,7 @@ pub struct RedisChild {
 impl RedisChild {
     /// Starts `redis-server` with its data (append-only file) under `dir`, so the local queue
     /// survives a restart of the stack.
-    pub async fn start(dir: &Path) -> Result<Self, String> {
+    async fn start(dir: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let port = free_port()?;
@@ -37,25 +41,57 @@ impl RedisChild {
                      or point DUCKS_REDIS__URL at a Redis server."
                 )
             })?;
-        let redis = Self { child, port };
+        let mut redis = Self { child, port };
         redis.wait_until_ready().await?;
         Ok(redis)
+    }
+
+    /// [`RedisChild::start`], again on another port when another server took the chosen one
+    /// between choosing and binding.
+    pub async fn start_on_a_free_port(dir: &Path) -> Result<Self, String> {
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::start(dir).await {
+                Ok(redis) => return Ok(redis),
+                Err(e) if e.contains(PORT_TAKEN) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    async fn wait_until_ready(&self) -> Result<(), String> {
+    /// Waits until this child answers. The port was free a moment before the child took it; the
+    /// answering server must be this child, not another that took the port first.
+    async fn wait_until_ready(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        let pid = self.child.id().unwrap_or_default();
         loop {
-            let ping = async {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "redis-server exited at start ({status}): {PORT_TAKEN}? (port {})",
+                    self.port
+                ));
+            }
+            let info = async {
                 let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn)
+                    .await
             };
-            match tokio::time::timeout(Duration::from_secs(1), ping).await {
-                Ok(Ok(_)) => return Ok(()),
+            match tokio::time::timeout(Duration::from_secs(1), info).await {
+                Ok(Ok(info)) if info.contains(&format!("process_id:{pid}\r")) => return Ok(()),
+                Ok(Ok(_)) => {
+                    return Err(format!(
+                        "{PORT_TAKEN}: port {} answers for another Redis server",
+                        self.port
+                    ));
+                }
                 _ if started.elapsed() > START_LIMIT => {
                     return Err(format!(
                         "redis-server did not answer on port {} within {START_LIMIT:?}",

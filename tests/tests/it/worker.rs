@@ -498,16 +498,27 @@ async fn cancel_stops_queued_and_running_jobs() {
 
     let (running, since) = world.submit(slow("stopped halfway")).await;
     wait_until_running(&world.queue, &running, since).await;
+    let run_dir = world.scratch.path().join("runs").join(running.as_str());
+    let pid: i32 = std::fs::read_to_string(run_dir.join("pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     world.queue.cancel(&running).await.unwrap();
     let events = events_until_end(&world.queue, &running, since).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled, "{events:?}");
-    let steps = events.iter().filter_map(|e| match e {
-        EventKind::Progress { step, .. } => Some(*step),
-        _ => None,
-    });
+    // The runner was stopped, not left to finish: it is gone, and it uploaded nothing.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
-        steps.max().unwrap_or(0) < SLOW_STEPS,
-        "stopped before the last step: {events:?}"
+        stat.is_empty() || stat.contains(") Z "),
+        "the runner still runs: {stat}"
+    );
+    let uploaded = world.storage.list("images/").await.unwrap();
+    assert!(
+        !uploaded.iter().any(|key| key.contains(running.as_str())),
+        "{uploaded:?}"
     );
     let metrics = worker.stop().await;
     // The runner is gone and its folder released.
@@ -742,4 +753,44 @@ async fn the_catalogue_rereads_only_changed_manifests_and_publishes_changes() {
         published.default_model, None,
         "two models and no default set"
     );
+}
+
+#[tokio::test]
+async fn a_retried_job_draws_with_the_seed_its_first_attempt_had() {
+    let world = World::new().await;
+    // The first attempt records the job it was given and crashes; the second runs for real.
+    let first = world.scratch.path().join("first-attempt.json");
+    let script = format!(
+        "if [ ! -f {first} ]; then echo \"$DUCKS_RUNNER__JOB\" > {first}; exit 1; fi\nexec {ducks} runner",
+        first = first.display(),
+        ducks = ducks_binary().display(),
+    );
+    let mut config = world.worker_config();
+    config.local.runner_program = world.fake_runner("crash-once", &script);
+    let worker = world.start_worker(config, "w").await;
+    let mut job = quick("a duck drawn twice");
+    job.seed = None;
+    let (id, since) = world.submit(job).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventKind::Retrying { .. })),
+        "{events:?}"
+    );
+    let EventKind::Succeeded { images, .. } = terminal(&events) else {
+        panic!("{events:?}");
+    };
+    let first: JobRequest =
+        ducks_queue::wire::decode("job", std::fs::read_to_string(&first).unwrap().trim()).unwrap();
+    assert!(
+        first.seed.is_some(),
+        "the worker settled a seed before the first launch"
+    );
+    assert_eq!(
+        Some(images[0].seed),
+        first.seed,
+        "the retry drew with the same seed"
+    );
+    worker.stop().await;
 }
