@@ -6,10 +6,11 @@
 //! stderr, its termination message and its pid. The child runs in a process group of its own and
 //! writes to files, not pipes, so it outlives the worker that started it: a worker that takes the
 //! job over later finds the folder, adopts the live child (or reads the result it left) and never
-//! starts a second runner for the job.
+//! starts a second runner for the job. Creating the pid file is the claim: of two launches racing
+//! for one job, one starts the runner and the other adopts it.
 
 use std::collections::HashSet;
-use std::io::{ErrorKind, SeekFrom};
+use std::io::{ErrorKind, SeekFrom, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,6 +33,9 @@ use crate::outcome::{Exit, Outcome, classify};
 
 /// How often a runner's stdout file is read for new lines.
 const TAIL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long (in tail intervals) a claimed folder may go without a pid before it counts as
+/// abandoned: a launcher writes it right after spawning.
+const CLAIM_WAIT_TICKS: usize = 40;
 /// Lines of a failed runner's stderr copied into the worker's log.
 const STDERR_TAIL_LINES: usize = 20;
 
@@ -98,8 +102,13 @@ impl LocalLauncher {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn start(&self, spec: &LaunchSpec, dir: &Path) -> std::io::Result<Child> {
-        std::fs::create_dir_all(dir)?;
+    /// Starts the runner in `dir`, which this launcher has claimed by creating `pid_file`.
+    fn start(
+        &self,
+        spec: &LaunchSpec,
+        dir: &Path,
+        mut pid_file: std::fs::File,
+    ) -> std::io::Result<Child> {
         let stdout = std::fs::File::create(dir.join(STDOUT_FILE))?;
         let stderr = std::fs::File::create(dir.join(STDERR_FILE))?;
         let termination = dir.join(TERMINATION_FILE);
@@ -129,8 +138,20 @@ impl LocalLauncher {
             pid,
             start_time: start_time(pid),
         };
-        std::fs::write(dir.join(PID_FILE), identity.to_string())?;
+        pid_file.write_all(identity.to_string().as_bytes())?;
         Ok(child)
+    }
+
+    /// The runner another launcher started in `dir`, once it has written its pid (it claims the
+    /// folder an instant before).
+    async fn starter_of(&self, dir: &Path) -> Option<ProcessIdentity> {
+        for _ in 0..CLAIM_WAIT_TICKS {
+            if let Some(identity) = ProcessIdentity::read(&dir.join(PID_FILE)) {
+                return Some(identity);
+            }
+            tokio::time::sleep(TAIL_INTERVAL).await;
+        }
+        None
     }
 
     fn follow(&self, job_id: JobId, dir: PathBuf, process: Process) -> mpsc::Receiver<Update> {
@@ -188,32 +209,48 @@ impl LocalLauncher {
 impl Launcher for LocalLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Launch, LaunchError> {
         let dir = self.dir_of(&spec.job_id);
-        if let Some(identity) = ProcessIdentity::read(&dir.join(PID_FILE)) {
-            let finished = dir.join(TERMINATION_FILE).exists();
-            if identity.is_alive() || finished {
-                info!(message = "Adopted a runner an earlier worker started.", job_id = %spec.job_id, pid = identity.pid, finished);
-                let process = Process::Adopted(identity);
-                let updates = self.follow(spec.job_id.clone(), dir, process);
-                return Ok(Launch {
-                    adopted: true,
-                    updates,
-                });
-            }
-            // Its runner died with its worker, without a word: start afresh.
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let child = self.start(spec, &dir).map_err(|e| {
+        let unavailable = |e: std::io::Error| {
             LaunchError::Unavailable(format!(
                 "cannot start {} in {}: {e}",
                 self.inner.program.display(),
                 dir.display()
             ))
-        })?;
-        let updates = self.follow(spec.job_id.clone(), dir, Process::Own(child));
-        Ok(Launch {
-            adopted: false,
-            updates,
-        })
+        };
+        // Whoever creates the pid file owns the folder and starts the runner; anyone else adopts.
+        // A folder whose runner died without a word is cleared once and claimed again.
+        for _ in 0..2 {
+            match claim(&dir) {
+                Ok(pid_file) => {
+                    let child = self.start(spec, &dir, pid_file).map_err(|e| {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        unavailable(e)
+                    })?;
+                    let updates = self.follow(spec.job_id.clone(), dir, Process::Own(child));
+                    return Ok(Launch {
+                        adopted: false,
+                        updates,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            if let Some(identity) = self.starter_of(&dir).await {
+                let finished = dir.join(TERMINATION_FILE).exists();
+                if identity.is_alive() || finished {
+                    info!(message = "Adopted a runner an earlier worker started.", job_id = %spec.job_id, pid = identity.pid, finished);
+                    let updates = self.follow(spec.job_id.clone(), dir, Process::Adopted(identity));
+                    return Ok(Launch {
+                        adopted: true,
+                        updates,
+                    });
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(LaunchError::Unavailable(format!(
+            "{} is claimed by a runner that neither runs nor lets go",
+            dir.display()
+        )))
     }
 
     async fn cancel(&self, job_id: &JobId) -> Result<(), LaunchError> {
@@ -384,6 +421,16 @@ fn stderr_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
 
+/// Creates the job's folder and its pid file, failing with `AlreadyExists` when another launch
+/// got there first.
+fn claim(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(PID_FILE))
+}
+
 fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     dir.canonicalize()
@@ -413,6 +460,54 @@ mod tests {
             start_time: me.start_time.map(|t| t + 1),
         };
         assert!(!impostor.is_alive());
+    }
+
+    /// Two launches for one job at once, on two threads: one starts the runner, the other adopts
+    /// it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_launches_start_one_runner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("runner.sh");
+        std::fs::write(&program, "#!/bin/sh\nsleep 1\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = LocalConfig {
+            runner_program: program,
+            runs_dir: dir.path().join("runs"),
+            cache_dir: dir.path().join("cache"),
+        };
+        let launcher = |_| {
+            LocalLauncher::new(
+                &config,
+                S3Config::default(),
+                "images".into(),
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        };
+        let (a, b) = (launcher(()), launcher(()));
+        let id = JobId::generate();
+        let mut job = ducks_queue::JobRequest::new("p", ducks_queue::Origin::Cli);
+        job.id = Some(id.clone());
+        let spec = LaunchSpec {
+            job_id: id,
+            job,
+            model: "m".into(),
+            compute: crate::sizing::Compute {
+                gpus: 0,
+                min_gpu_memory_gib: 0,
+                gpu_products: vec![],
+                cpu: "1".into(),
+                memory: "1Gi".into(),
+                runner_image: None,
+            },
+            timeout: Duration::from_secs(10),
+        };
+        let (spec_a, spec_b) = (spec.clone(), spec);
+        let first = tokio::spawn(async move { a.launch(&spec_a).await.unwrap().adopted });
+        let second = tokio::spawn(async move { b.launch(&spec_b).await.unwrap().adopted });
+        let adopted = [first.await.unwrap(), second.await.unwrap()];
+        assert_eq!(adopted.iter().filter(|a| **a).count(), 1, "{adopted:?}");
     }
 
     #[tokio::test]
