@@ -109,6 +109,11 @@ pub enum FailureCode {
     RunnerCrashed,
     /// The runner reported images that are not in the bucket.
     OutputMissing,
+    /// The cluster stopped the runner: preemption, eviction, a drain, a GPU fault, or its Job
+    /// deleted outside DUCKS.
+    Interrupted,
+    /// The cluster refused to create the runner (quota, admission policy).
+    Refused,
     Internal,
     /// A code from a newer DUCKS that this build does not know.
     #[serde(other)]
@@ -130,6 +135,8 @@ impl FailureCode {
             FailureCode::ImagePullFailed => "image_pull_failed",
             FailureCode::RunnerCrashed => "runner_crashed",
             FailureCode::OutputMissing => "output_missing",
+            FailureCode::Interrupted => "interrupted",
+            FailureCode::Refused => "refused",
             FailureCode::Internal => "internal",
             FailureCode::Unknown => "unknown",
         }

@@ -1,0 +1,565 @@
+//! What a Job and its pod say about a launch: one pure function from the objects the watcher
+//! sees to a [`Seen`], with the user's message and the retry decision for every failure. The
+//! table in docs/kubernetes.md is this function's test table.
+
+use std::time::Duration;
+
+use ducks_queue::FailureCode;
+use ducks_runner::contract::Line;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+
+use crate::outcome::{Exit, JobFailure, Outcome, classify as classify_exit};
+
+use super::spec::CONTAINER;
+
+/// How long a launch may wait in each state before it is given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budgets {
+    /// Unschedulable (no free GPU, or no node that fits).
+    pub scheduling: Duration,
+    /// The runner image cannot be pulled (the Job controller never fails these by itself).
+    pub image_pull: Duration,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            scheduling: Duration::from_secs(300),
+            image_pull: Duration::from_secs(180),
+        }
+    }
+}
+
+/// A launch as the cluster shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seen {
+    /// Not running yet; what it waits for, for a Starting event.
+    Waiting(String),
+    Running,
+    Finished(Outcome),
+}
+
+/// What the watcher knows of one launch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Observed<'a> {
+    /// `None` once the Job is gone.
+    pub job: Option<&'a Job>,
+    pub pod: Option<&'a Pod>,
+    /// The message of a `FailedCreate` event on the Job, when the cluster refused its pod.
+    pub refused: Option<&'a str>,
+    /// How long the launch has been in its current waiting state.
+    pub waiting_for: Duration,
+}
+
+pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
+    let Some(job) = seen.job else {
+        return failed(
+            FailureCode::Interrupted,
+            "The image generator's Job was deleted outside DUCKS.",
+            true,
+        );
+    };
+    let terminated = seen.pod.and_then(runner_terminated);
+    if condition(job, &["Complete", "SuccessCriteriaMet"]).is_some() {
+        return Seen::Finished(from_termination(terminated, Exit::Code(0)));
+    }
+    if let Some(reason) = condition(job, &["Failed", "FailureTarget"]) {
+        return Seen::Finished(failed_job(&reason, seen.pod, terminated));
+    }
+    if let Some(message) = seen.refused
+        && seen.pod.is_none()
+    {
+        let quota = message.contains("exceeded quota");
+        return failed(
+            FailureCode::Refused,
+            format!("The cluster refused to start the image generator: {message}"),
+            quota,
+        );
+    }
+    let Some(pod) = seen.pod else {
+        return Seen::Waiting("Waiting for the cluster to create the image generator.".into());
+    };
+    if has_condition(pod, "DisruptionTarget") {
+        return failed(
+            FailureCode::Interrupted,
+            "The cluster interrupted the image generator (preemption or a node drain).",
+            true,
+        );
+    }
+    let status = pod.status.as_ref();
+    if status.and_then(|s| s.reason.as_deref()) == Some("UnexpectedAdmissionError") {
+        return failed(
+            FailureCode::Interrupted,
+            "The GPU node could not hand out its GPU.",
+            true,
+        );
+    }
+    if let Some(terminated) = terminated {
+        return Seen::Finished(from_termination(Some(terminated), exit_of(terminated)));
+    }
+    if let Some((reason, message)) = runner_waiting(pod) {
+        return match reason {
+            "InvalidImageName" | "ErrImageNeverPull" => failed(
+                FailureCode::ImagePullFailed,
+                format!("The runner image reference is invalid: {message}"),
+                false,
+            ),
+            "ErrImagePull" | "ImagePullBackOff" if seen.waiting_for >= budgets.image_pull => {
+                failed(
+                    FailureCode::ImagePullFailed,
+                    format!("The runner image cannot be pulled: {message}"),
+                    false,
+                )
+            }
+            "ErrImagePull" | "ImagePullBackOff" => {
+                Seen::Waiting("Pulling the runner image (retrying).".into())
+            }
+            _ => Seen::Waiting("Starting the image generator.".into()),
+        };
+    }
+    if let Some(message) = unschedulable(pod) {
+        let no_free_gpu =
+            message.contains("Insufficient nvidia.com/") || message.contains("Insufficient gpu");
+        if seen.waiting_for < budgets.scheduling {
+            let waiting = if no_free_gpu {
+                "Waiting for a free GPU."
+            } else {
+                "Waiting for a node that fits."
+            };
+            return Seen::Waiting(waiting.into());
+        }
+        return if no_free_gpu {
+            failed(
+                FailureCode::NoGpuCapacity,
+                format!(
+                    "No GPU became free within {} seconds.",
+                    budgets.scheduling.as_secs()
+                ),
+                true,
+            )
+        } else {
+            failed(
+                FailureCode::NoGpuCapacity,
+                format!("No node can run this model: {message}"),
+                false,
+            )
+        };
+    }
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => Seen::Running,
+        _ => Seen::Waiting("Starting the image generator.".into()),
+    }
+}
+
+/// A failed Job: its reason, and the runner's own exit where there is one.
+fn failed_job(
+    reason: &str,
+    pod: Option<&Pod>,
+    terminated: Option<&ContainerStateTerminated>,
+) -> Outcome {
+    if reason == "DeadlineExceeded" {
+        let stuck_unscheduled = pod.is_none_or(|p| unschedulable(p).is_some());
+        return if stuck_unscheduled {
+            Outcome::Failed(JobFailure::new(
+                FailureCode::NoGpuCapacity,
+                "No GPU became free before the job's deadline.",
+                true,
+            ))
+        } else {
+            Outcome::Failed(JobFailure::new(
+                FailureCode::DeadlineExceeded,
+                "The image took too long and was stopped.",
+                false,
+            ))
+        };
+    }
+    match terminated {
+        Some(terminated) => from_termination(Some(terminated), exit_of(terminated)),
+        None => Outcome::Failed(JobFailure::new(
+            FailureCode::RunnerCrashed,
+            format!("The image generator's Job failed ({reason})."),
+            true,
+        )),
+    }
+}
+
+/// The runner's exit with its termination message (the result or error line it wrote).
+fn from_termination(terminated: Option<&ContainerStateTerminated>, exit: Exit) -> Outcome {
+    if terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
+        return Outcome::Failed(JobFailure::new(
+            FailureCode::OutOfMemory,
+            "The image generator ran out of memory: try a smaller size or fewer images.",
+            false,
+        ));
+    }
+    let line = terminated
+        .and_then(|t| t.message.as_deref())
+        .and_then(|message| message.lines().rev().find_map(Line::parse));
+    classify_exit(exit, line.as_ref())
+}
+
+fn exit_of(terminated: &ContainerStateTerminated) -> Exit {
+    match terminated.signal {
+        Some(signal) if signal != 0 => Exit::Signal(signal),
+        _ => Exit::Code(terminated.exit_code),
+    }
+}
+
+fn failed(code: FailureCode, message: impl Into<String>, retryable: bool) -> Seen {
+    Seen::Finished(Outcome::Failed(JobFailure::new(code, message, retryable)))
+}
+
+/// The reason of the Job's first true condition among `types`.
+fn condition(job: &Job, types: &[&str]) -> Option<String> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| c.status == "True" && types.contains(&c.type_.as_str()))
+        .map(|c| c.reason.clone().unwrap_or_default())
+}
+
+fn has_condition(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// The scheduler's message when the pod cannot be placed.
+fn unschedulable(pod: &Pod) -> Option<&str> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled")?;
+    (scheduled.status == "False" && scheduled.reason.as_deref() == Some("Unschedulable"))
+        .then(|| scheduled.message.as_deref().unwrap_or("unschedulable"))
+}
+
+fn runner_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    runner_status(pod)?.state.as_ref()?.terminated.as_ref()
+}
+
+/// The runner container's waiting reason and message.
+fn runner_waiting(pod: &Pod) -> Option<(&str, &str)> {
+    let waiting = runner_status(pod)?.state.as_ref()?.waiting.as_ref()?;
+    Some((
+        waiting.reason.as_deref().unwrap_or_default(),
+        waiting.message.as_deref().unwrap_or_default(),
+    ))
+}
+
+fn runner_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == CONTAINER)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn job(condition: Option<(&str, &str)>) -> Job {
+        let conditions: Vec<Value> = condition
+            .map(|(type_, reason)| json!({"type": type_, "status": "True", "reason": reason}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "ducks-j"},
+            "status": {"conditions": conditions}
+        }))
+        .unwrap()
+    }
+
+    fn pod(status: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "ducks-j-x"}, "status": status}))
+            .unwrap()
+    }
+
+    fn terminated(exit_code: i32, reason: &str, message: &str) -> Pod {
+        pod(json!({"phase": "Failed", "containerStatuses": [{
+            "name": "runner", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "reason": reason, "message": message}}
+        }]}))
+    }
+
+    fn waiting(reason: &str) -> Pod {
+        pod(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "runner", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": "details"}}
+        }]}))
+    }
+
+    fn unschedulable(message: &str) -> Pod {
+        pod(json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+        ]}))
+    }
+
+    const RESULT: &str = r#"{"event":"result","job_id":"j","model":"m","images":[],"timings":{"download_ms":0,"load_ms":0,"generate_ms":0,"upload_ms":0,"total_ms":0,"files_downloaded":0}}"#;
+    const BAD_REQUEST: &str =
+        r#"{"event":"error","failure":"bad_request","exit_code":2,"message":"Too big."}"#;
+    const STORAGE: &str = r#"{"event":"error","failure":"storage_unavailable","exit_code":5,"message":"S3 is down."}"#;
+
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Waiting(&'static str),
+        Running,
+        Succeeded,
+        Failed(FailureCode, bool),
+    }
+
+    fn expect(seen: Seen) -> Expect {
+        match seen {
+            Seen::Waiting(message) if message.contains("free GPU") => Expect::Waiting("gpu"),
+            Seen::Waiting(message) if message.contains("runner image") => Expect::Waiting("image"),
+            Seen::Waiting(_) => Expect::Waiting("start"),
+            Seen::Running => Expect::Running,
+            Seen::Finished(Outcome::Succeeded(_)) => Expect::Succeeded,
+            Seen::Finished(Outcome::Failed(f)) => {
+                assert!(!f.message.is_empty());
+                Expect::Failed(f.code, f.retryable)
+            }
+            Seen::Finished(Outcome::Cancelled) => panic!("never classified as cancelled"),
+        }
+    }
+
+    /// The failure table of docs/kubernetes.md, row by row.
+    #[test]
+    fn classification_table() {
+        use Expect::*;
+        use FailureCode::*;
+        let long = Duration::from_secs(3600);
+        let short = Duration::from_secs(1);
+        let running = pod(json!({"phase": "Running"}));
+        let disrupted = pod(json!({"phase": "Running", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+        ]}));
+        let gpu_fault = pod(json!({"phase": "Failed", "reason": "UnexpectedAdmissionError"}));
+        let no_gpu = unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.");
+        let no_node = unschedulable(
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+        );
+        let complete = job(Some(("Complete", "Completed")));
+        let by_policy = job(Some(("Failed", "PodFailurePolicy")));
+        let backoff = job(Some(("Failed", "BackoffLimitExceeded")));
+        let deadline = job(Some(("Failed", "DeadlineExceeded")));
+        let active = job(None);
+        let (pull_backoff, err_pull) = (waiting("ImagePullBackOff"), waiting("ErrImagePull"));
+        let (invalid_image, creating) = (waiting("InvalidImageName"), waiting("ContainerCreating"));
+        let ok = terminated(0, "Completed", RESULT);
+        let bad = terminated(2, "Error", BAD_REQUEST);
+        let storage = terminated(5, "Error", STORAGE);
+        let crash = terminated(1, "Error", "panicked at …");
+        let oom = terminated(137, "OOMKilled", "");
+        let rows: Vec<(&str, Observed, Expect)> = vec![
+            (
+                "deleted outside DUCKS",
+                Observed::default(),
+                Failed(Interrupted, true),
+            ),
+            (
+                "no pod yet",
+                Observed {
+                    job: Some(&active),
+                    ..Default::default()
+                },
+                Waiting("start"),
+            ),
+            (
+                "quota",
+                Observed {
+                    job: Some(&active),
+                    refused: Some("pods \"x\" is forbidden: exceeded quota: gpu"),
+                    ..Default::default()
+                },
+                Failed(Refused, true),
+            ),
+            (
+                "admission",
+                Observed {
+                    job: Some(&active),
+                    refused: Some("admission webhook denied the request"),
+                    ..Default::default()
+                },
+                Failed(Refused, false),
+            ),
+            (
+                "waiting for a GPU",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&no_gpu),
+                    waiting_for: short,
+                    ..Default::default()
+                },
+                Waiting("gpu"),
+            ),
+            (
+                "no GPU in time",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&no_gpu),
+                    waiting_for: long,
+                    ..Default::default()
+                },
+                Failed(NoGpuCapacity, true),
+            ),
+            (
+                "no node fits",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&no_node),
+                    waiting_for: long,
+                    ..Default::default()
+                },
+                Failed(NoGpuCapacity, false),
+            ),
+            (
+                "pulling, retrying",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&pull_backoff),
+                    waiting_for: short,
+                    ..Default::default()
+                },
+                Waiting("image"),
+            ),
+            (
+                "cannot pull",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&err_pull),
+                    waiting_for: long,
+                    ..Default::default()
+                },
+                Failed(ImagePullFailed, false),
+            ),
+            (
+                "invalid image",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&invalid_image),
+                    ..Default::default()
+                },
+                Failed(ImagePullFailed, false),
+            ),
+            (
+                "container creating",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&creating),
+                    ..Default::default()
+                },
+                Waiting("start"),
+            ),
+            (
+                "running",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&running),
+                    ..Default::default()
+                },
+                Running,
+            ),
+            (
+                "disrupted",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&disrupted),
+                    ..Default::default()
+                },
+                Failed(Interrupted, true),
+            ),
+            (
+                "GPU fault",
+                Observed {
+                    job: Some(&active),
+                    pod: Some(&gpu_fault),
+                    ..Default::default()
+                },
+                Failed(Interrupted, true),
+            ),
+            (
+                "succeeded",
+                Observed {
+                    job: Some(&complete),
+                    pod: Some(&ok),
+                    ..Default::default()
+                },
+                Succeeded,
+            ),
+            (
+                "bad request",
+                Observed {
+                    job: Some(&by_policy),
+                    pod: Some(&bad),
+                    ..Default::default()
+                },
+                Failed(InvalidRequest, false),
+            ),
+            (
+                "storage down",
+                Observed {
+                    job: Some(&backoff),
+                    pod: Some(&storage),
+                    ..Default::default()
+                },
+                Failed(StorageUnavailable, true),
+            ),
+            (
+                "crash",
+                Observed {
+                    job: Some(&backoff),
+                    pod: Some(&crash),
+                    ..Default::default()
+                },
+                Failed(RunnerCrashed, true),
+            ),
+            (
+                "out of memory",
+                Observed {
+                    job: Some(&backoff),
+                    pod: Some(&oom),
+                    ..Default::default()
+                },
+                Failed(OutOfMemory, false),
+            ),
+            (
+                "deadline while waiting for a GPU",
+                Observed {
+                    job: Some(&deadline),
+                    pod: Some(&no_gpu),
+                    ..Default::default()
+                },
+                Failed(NoGpuCapacity, true),
+            ),
+            (
+                "deadline while running",
+                Observed {
+                    job: Some(&deadline),
+                    pod: Some(&running),
+                    ..Default::default()
+                },
+                Failed(DeadlineExceeded, false),
+            ),
+            (
+                "failed, pod gone",
+                Observed {
+                    job: Some(&backoff),
+                    ..Default::default()
+                },
+                Failed(RunnerCrashed, true),
+            ),
+        ];
+        for (name, observed, expected) in rows {
+            assert_eq!(
+                expect(classify(observed, &Budgets::default())),
+                expected,
+                "{name}"
+            );
+        }
+    }
+}
