@@ -1,5 +1,6 @@
 mod harness;
 mod hub;
+mod kube_api;
 mod queue;
 mod runner;
 mod s3;

@@ -1,0 +1,347 @@
+//! A local Kubernetes API server simulator, for testing the Kubernetes
+//! launcher with the production `kube` client and no control plane.
+//!
+//! [`KubeApi::start`] serves the real REST and watch protocol on a free
+//! loopback port; [`KubeApi::client`] is an ordinary `kube::Client` built from
+//! a `kube::Config` pointed at `http://127.0.0.1:PORT`, so the code under test
+//! runs unchanged.
+//!
+//! # What exists (first slice)
+//!
+//! - batch/v1 Jobs and v1 Pods: create (409 AlreadyExists), get (404), list
+//!   (equality label selectors, `metadata.name`/`metadata.namespace` field
+//!   selectors, `limit`/`continue` as plain offsets), watch, delete.
+//!   v1 Events: get and list only; tests add them with [`KubeApi::record_event`].
+//! - Server-set metadata: uid, creationTimestamp, generation, and one global,
+//!   monotonically increasing resourceVersion.
+//! - Delete with `propagationPolicy`: Background and Foreground delete a
+//!   Job's pods (by owner reference or job-name label) before the Job; Orphan
+//!   (the default for Jobs) removes the owner reference and leaves them.
+//!   Deletion is immediate: no graceful deletion, finalizers or
+//!   deletionTimestamp, and Foreground is not observable as a separate phase.
+//! - Watch: `resourceVersion`, `timeoutSeconds`, `allowWatchBookmarks`
+//!   (a BOOKMARK every [`KubeApi::set_bookmark_interval`]), selectors (an object
+//!   that enters or leaves the selection is ADDED or DELETED),
+//!   `sendInitialEvents`, from a change log of 10 000 entries; an older
+//!   resourceVersion gets an ERROR event with a 410 Expired Status.
+//! - Errors as `Status` objects, as kube-client parses them.
+//! - Per (verb, resource) request counts ([`KubeApi::requests`]) and faults:
+//!   429 with Retry-After or 500 for the next requests of a verb
+//!   ([`KubeApi::fail_next`]), closing every open watch
+//!   ([`KubeApi::drop_watches`]), 410 for the next watch
+//!   ([`KubeApi::expire_next_watch`]).
+//! - Hooks that change state as the Job controller and kubelet would, each a
+//!   write with a new resourceVersion and a watch event:
+//!   [`KubeApi::create_pod_for_job`], [`KubeApi::set_pod_status`],
+//!   [`KubeApi::set_job_status`].
+//!
+//! # What does not exist yet
+//!
+//! - No Job controller and no kubelet: nothing creates pods, moves them
+//!   through Pending → Running → Succeeded/Failed, honours backoffLimit,
+//!   podFailurePolicy, activeDeadlineSeconds or TTL, or runs the real runner.
+//!   Tests drive those transitions through the hooks.
+//! - No update, patch or `status` subresource over REST, no `pods/{name}/log`,
+//!   no 409 Conflict on stale resourceVersions, no 422 validation beyond a
+//!   missing name, no authentication or 403, no TLS, no other resources.
+//! - Set-based label selectors (`in`, `notin`) answer 400.
+//!
+//! Note that kube 5's client retries 429, 503 and 504 by itself (up to 15
+//! times, honouring Retry-After) unless `Config::default_retry` is off; 500
+//! and other errors come back as `kube::Error::Api` at once.
+
+mod http;
+mod selector;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::api::core::v1::{Event, Pod, PodStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+use store::{Resource, Store};
+
+/// How long [`KubeApi::stop`] may take before it is called a hang.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Bookmarks come this often on watches that allow them, until changed.
+const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An injected failure for [`KubeApi::fail_next`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeFault {
+    /// 429 TooManyRequests with `Retry-After` and
+    /// `details.retryAfterSeconds`, as API Priority and Fairness answers.
+    TooManyRequests { retry_after_secs: u32 },
+    /// 500 InternalError.
+    InternalError,
+}
+
+/// A running (or stopped) Kubernetes API server simulator.
+///
+/// Dropping it aborts the server task, which closes the listener and every
+/// connection, watches included.
+pub struct KubeApi {
+    addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    /// `None` once [`KubeApi::stop`] ran.
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KubeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeApi")
+            .field("endpoint", &self.endpoint())
+            .field("running", &self.task.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeApi {
+    /// Starts an empty server on `127.0.0.1:0`. The listener is bound before
+    /// this returns, so no readiness wait is needed.
+    ///
+    /// Must be called inside a tokio runtime. Panics if the socket cannot be
+    /// bound.
+    pub async fn start() -> KubeApi {
+        let store = Arc::new(Mutex::new(Store::new(DEFAULT_BOOKMARK_INTERVAL)));
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the Kubernetes API simulator to 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("local address of the listener");
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, Arc::clone(&store), async {
+            // An error means the sender was dropped: stop too.
+            let _ = shutdown_rx.await;
+        }));
+        KubeApi {
+            addr,
+            store,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A `kube::Config` for this server: default namespace `default`, no
+    /// authentication, kube's defaults otherwise (including its retries of
+    /// 429, 503 and 504).
+    pub fn config(&self) -> ::kube::Config {
+        let url = self
+            .endpoint()
+            .parse()
+            .expect("http://127.0.0.1:PORT is a valid URI");
+        ::kube::Config::new(url)
+    }
+
+    /// A client built from [`KubeApi::config`]. Panics if kube cannot build
+    /// it (it would for any server).
+    pub fn client(&self) -> ::kube::Client {
+        ::kube::Client::try_from(self.config()).expect("build a kube client for the simulator")
+    }
+
+    /// How many requests with `verb` (`create`, `get`, `list`, `watch`,
+    /// `delete`) reached `resource` (`jobs`, `pods`, `events`) since start
+    /// or [`KubeApi::reset_requests`], faulted ones included.
+    pub fn requests(&self, verb: &str, resource: &str) -> usize {
+        lock(&self.store).requests(verb, resource)
+    }
+
+    pub fn reset_requests(&self) {
+        lock(&self.store).reset_requests();
+    }
+
+    /// Makes the next `times` requests with `verb` on `resource` answer
+    /// `fault` instead of being served. Queued faults add up, in order.
+    pub fn fail_next(&self, verb: &str, resource: &str, times: usize, fault: KubeFault) {
+        lock(&self.store).queue_faults(verb, resource, times, fault);
+    }
+
+    /// Ends every open watch response now (cleanly, as when the API server
+    /// restarts or a load balancer cuts idle streams); returns how many
+    /// there were. Clients resume from their last resourceVersion.
+    pub fn drop_watches(&self) -> usize {
+        lock(&self.store).drop_watches()
+    }
+
+    /// How many watch responses are open.
+    pub fn open_watches(&self) -> usize {
+        lock(&self.store).open_watches()
+    }
+
+    /// Makes the next watch request, whatever its resourceVersion, answer
+    /// one ERROR event with a 410 Expired Status and end, as after etcd
+    /// compaction.
+    pub fn expire_next_watch(&self) {
+        lock(&self.store).expire_next_watches(1);
+    }
+
+    /// How often watches that allow bookmarks get one (1 s at start); applies
+    /// to watches opened afterwards.
+    pub fn set_bookmark_interval(&self, interval: Duration) {
+        lock(&self.store).bookmark_interval = interval;
+    }
+
+    /// The Job, as stored now. Panics if it does not exist.
+    pub fn job(&self, namespace: &str, name: &str) -> Job {
+        from_value(self.get(Resource::Jobs, namespace, name))
+    }
+
+    /// The pod, as stored now. Panics if it does not exist.
+    pub fn pod(&self, namespace: &str, name: &str) -> Pod {
+        from_value(self.get(Resource::Pods, namespace, name))
+    }
+
+    /// Whether the pod exists.
+    pub fn pod_exists(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.store)
+            .get(Resource::Pods, namespace, name)
+            .is_ok()
+    }
+
+    /// Creates a pod for `job` as the Job controller would: named
+    /// `<job>-<suffix>`, the template's labels, spec and annotations, the
+    /// job-name and controller-uid labels, a controller owner reference, and
+    /// phase Pending. Watches see it ADDED. Panics if the Job does not exist.
+    pub fn create_pod_for_job(&self, namespace: &str, job: &str) -> Pod {
+        let mut store = lock(&self.store);
+        let created = store
+            .pod_for_job(namespace, job)
+            .and_then(|pod| store.create(Resource::Pods, namespace, pod));
+        from_value(created.unwrap_or_else(|err| {
+            panic!("create a pod for Job {namespace}/{job}: {}", err.message)
+        }))
+    }
+
+    /// Replaces a pod's status, as the kubelet would (MODIFIED). Panics if
+    /// the pod does not exist.
+    pub fn set_pod_status(&self, namespace: &str, name: &str, status: PodStatus) -> Pod {
+        from_value(self.set_status(Resource::Pods, namespace, name, &status))
+    }
+
+    /// Replaces a Job's status, as the Job controller would (MODIFIED).
+    /// Panics if the Job does not exist.
+    pub fn set_job_status(&self, namespace: &str, name: &str, status: JobStatus) -> Job {
+        from_value(self.set_status(Resource::Jobs, namespace, name, &status))
+    }
+
+    /// Stores an event (its `metadata.name` or `generateName` is needed), as
+    /// a controller reporting on an object would.
+    pub fn record_event(&self, namespace: &str, event: Event) -> Event {
+        let value = to_value(&event);
+        let created = lock(&self.store).create(Resource::Events, namespace, value);
+        from_value(
+            created.unwrap_or_else(|err| panic!("record an event in {namespace}: {}", err.message)),
+        )
+    }
+
+    /// Stops accepting, closes the listener and every connection (watches
+    /// included), and waits for that. Stored objects stay. Calling it again
+    /// does nothing. Panics if that takes over 10 s.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            // An error means the task already ended.
+            let _ = shutdown.send(());
+        }
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        match tokio::time::timeout(STOP_LIMIT, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => panic!("the Kubernetes API simulator task failed: {err}"),
+            Err(_) => panic!("the Kubernetes API simulator did not stop within {STOP_LIMIT:?}"),
+        }
+    }
+
+    fn get(&self, resource: Resource, namespace: &str, name: &str) -> Value {
+        lock(&self.store)
+            .get(resource, namespace, name)
+            .unwrap_or_else(|err| panic!("{}", err.message))
+    }
+
+    fn set_status(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        status: &impl Serialize,
+    ) -> Value {
+        let status = to_value(status);
+        lock(&self.store)
+            .modify(resource, namespace, name, |object| {
+                object["status"] = status
+            })
+            .unwrap_or_else(|err| panic!("set the status of {namespace}/{name}: {}", err.message))
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Dropping the task's future drops the listener and the JoinSet of
+            // connections, which aborts them.
+            task.abort();
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    store: Arc<Mutex<Store>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = ConnBuilder::new(TokioExecutor::new());
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                // An accept error only affects that connection.
+                let Ok((stream, _)) = accepted else { continue };
+                let builder = builder.clone();
+                let store = Arc::clone(&store);
+                connections.spawn(async move {
+                    let service = service_fn(move |request| http::handle(Arc::clone(&store), request));
+                    // A client hanging up mid-request is not a server failure.
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread must not turn every later call into a panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn to_value(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("k8s-openapi types serialize to JSON")
+}
+
+fn from_value<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("the simulator stores objects of the served types")
+}
