@@ -22,19 +22,17 @@ pub fn service(root: &Path, access_key: &str, secret_key: &str) -> io::Result<S3
     Ok(builder.build())
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then drops the listener and aborts
-/// every open connection.
-pub async fn serve<S>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>)
+/// Serves `service` (the S3 service, a wrapper around it, or any other hyper service such as the
+/// test harness's Kubernetes API) on `listener` until `shutdown` resolves, then drops the listener
+/// and aborts every open connection.
+pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>)
 where
-    // The S3 service itself, or a wrapper around it (the test harness counts requests).
-    S: Service<
-            hyper::Request<Incoming>,
-            Response = <S3Service as Service<hyper::Request<Incoming>>>::Response,
-            Error = <S3Service as Service<hyper::Request<Incoming>>>::Error,
-        > + Clone
-        + Send
-        + 'static,
+    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let http = ConnBuilder::new(TokioExecutor::new());
     let mut connections = JoinSet::new();

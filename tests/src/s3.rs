@@ -29,6 +29,8 @@ use std::time::Duration;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use ducks_runner::embedded_s3;
+
+use crate::support::percent_decode;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use s3s::service::S3Service;
@@ -306,25 +308,6 @@ fn object_key(path: &str) -> Option<String> {
         return None;
     }
     Some(percent_decode(key))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A response read by [`http_get`].

@@ -21,6 +21,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
     ApiError, Propagation, Resource, Result, Store, WatchFilter, WatchFrom, WatchStart,
 };
+use crate::support::percent_decode;
 
 /// The largest request body accepted (the API server's limit is 3 MiB too).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -299,25 +300,6 @@ impl Query {
                 .map_err(|_| ApiError::bad_request(format!("invalid {key} {value:?}"))),
         }
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = text.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A response body: a whole JSON document, or a watch stream.

@@ -59,8 +59,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{Event, Pod, PodStatus};
 use serde::Serialize;
@@ -68,7 +66,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use store::{Resource, Store};
 
@@ -308,29 +306,8 @@ async fn serve(
     store: Arc<Mutex<Store>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = ConnBuilder::new(TokioExecutor::new());
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                // An accept error only affects that connection.
-                let Ok((stream, _)) = accepted else { continue };
-                let builder = builder.clone();
-                let store = Arc::clone(&store);
-                connections.spawn(async move {
-                    let service = service_fn(move |request| http::handle(Arc::clone(&store), request));
-                    // A client hanging up mid-request is not a server failure.
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-            // Reap finished connections so the set does not grow forever.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
+    let service = service_fn(move |request| http::handle(Arc::clone(&store), request));
+    ducks_runner::embedded_s3::serve(listener, service, shutdown).await;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
