@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench-queue bench-runner bench-worker
+.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube
 
 ## Draws one image end to end on this machine: a redis-server child, S3 inside the process, a
 ## worker with the local launcher and tiny-sd (which draws noise). Prints the link and the file.
@@ -39,3 +39,8 @@ bench-runner:
 bench-worker:
 	@scripts/ensure-tools redis
 	$(CARGO) bench -p ducks-tests --bench worker --locked
+
+## 1,000 jobs through the Kubernetes API simulator: DUCKS' launcher beside a naive one.
+bench-kube:
+	@scripts/ensure-tools redis
+	$(CARGO) bench -p ducks-tests --bench kube --locked

@@ -232,9 +232,14 @@ mod tests {
             ),
             ("DEV", serde_json::to_value(DevSettings::default()).unwrap()),
         ];
-        let mut expected = Vec::new();
+        let (mut expected, mut toml_only) = (Vec::new(), Vec::new());
         for (section, value) in &sections {
-            flatten_keys(&format!("DUCKS_{section}"), value, &mut expected);
+            flatten_keys(
+                &format!("DUCKS_{section}"),
+                value,
+                &mut expected,
+                &mut toml_only,
+            );
         }
         expected.extend(
             [
@@ -251,6 +256,10 @@ mod tests {
                 ".env.example lacks {key}"
             );
         }
+        // Lists of objects have no environment form: the example names them, for ducks.toml.
+        for key in &toml_only {
+            assert!(example.contains(key.as_str()), ".env.example lacks {key}");
+        }
         let settings = Settings::from_sources(None, pairs).expect(".env.example loads");
         assert_eq!(
             settings.queue,
@@ -259,15 +268,25 @@ mod tests {
         );
     }
 
-    /// `DUCKS_A__B__C` for every leaf of a nested settings object.
-    fn flatten_keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
-        match value.as_object() {
-            Some(object) => {
+    /// `DUCKS_A__B__C` for every leaf of a nested settings object; lists of objects go to
+    /// `toml_only`.
+    fn flatten_keys(
+        prefix: &str,
+        value: &serde_json::Value,
+        out: &mut Vec<String>,
+        toml_only: &mut Vec<String>,
+    ) {
+        match value {
+            serde_json::Value::Object(object) => {
                 for (key, value) in object {
-                    flatten_keys(&format!("{prefix}__{}", key.to_uppercase()), value, out);
+                    let key = format!("{prefix}__{}", key.to_uppercase());
+                    flatten_keys(&key, value, out, toml_only);
                 }
             }
-            None => out.push(prefix.to_owned()),
+            serde_json::Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+                toml_only.push(prefix.to_owned())
+            }
+            _ => out.push(prefix.to_owned()),
         }
     }
 

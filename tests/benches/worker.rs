@@ -83,6 +83,10 @@ impl Launcher for InstantLauncher {
     }
 
     async fn release(&self, _: &JobId) {}
+
+    async fn running(&self) -> Vec<JobId> {
+        Vec::new()
+    }
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

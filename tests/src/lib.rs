@@ -15,8 +15,8 @@
 //! - [`S3Server`] is the embedded S3-protocol server (s3s-fs, SigV4) that
 //!   counts requests and can be stopped.
 //! - [`KubeApi`] is a local Kubernetes API server speaking the real REST and
-//!   watch protocol (first slice: no Job controller or kubelet yet), for the
-//!   production `kube` client to talk to unchanged.
+//!   watch protocol, with a Job controller and a kubelet that can run the
+//!   real runner, for the production `kube` client to talk to unchanged.
 //!
 //! Every wait in here polls with a deadline and panics with the tail of the
 //! server's log, so a broken environment fails fast and explains itself
@@ -29,7 +29,7 @@ mod s3;
 mod server;
 mod support;
 
-pub use self::kube::{KubeApi, KubeFault};
+pub use self::kube::{KubeApi, KubeFault, Kubelet, PodBehaviour, Timing};
 pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
 pub use s3::{PlainHttpResponse, S3Server, http_get};

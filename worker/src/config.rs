@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kube::KubeConfig;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
@@ -26,10 +28,26 @@ pub struct WorkerConfig {
     pub job_timeout_secs: u64,
     /// How long a cancelled runner has to stop before it is killed.
     pub cancel_grace_secs: u64,
+    /// How often runners whose job has ended or left the queue are looked for and stopped.
+    pub sweep_interval_secs: u64,
     /// Address of `/healthz`, `/readyz` and `/metrics`; empty serves nothing.
     pub listen: String,
+    /// Where runners run: `local` (child processes of the worker) or `kubernetes` (one Job each).
+    pub launcher: LauncherKind,
     pub links: LinkConfig,
     pub local: LocalConfig,
+    pub kubernetes: KubeConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    /// Each runner is a `ducks runner` child process: no cluster needed.
+    #[default]
+    Local,
+    /// Each runner is a Kubernetes Job, in the cluster the kubeconfig (or the pod's service
+    /// account) points at.
+    Kubernetes,
 }
 
 impl Default for WorkerConfig {
@@ -43,9 +61,12 @@ impl Default for WorkerConfig {
             shutdown_grace_secs: 30,
             job_timeout_secs: 900,
             cancel_grace_secs: 10,
+            sweep_interval_secs: 60,
             listen: "127.0.0.1:9464".into(),
+            launcher: LauncherKind::Local,
             links: LinkConfig::default(),
             local: LocalConfig::default(),
+            kubernetes: KubeConfig::default(),
         }
     }
 }
@@ -61,6 +82,10 @@ impl WorkerConfig {
 
     pub fn job_timeout(&self) -> Duration {
         Duration::from_secs(self.job_timeout_secs)
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep_interval_secs.max(1))
     }
 
     pub fn cancel_grace(&self) -> Duration {

@@ -15,7 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::catalogue::{Catalogue, Lookup};
 use crate::config::WorkerConfig;
-use crate::launcher::{LaunchSpec, Launcher, Update};
+use crate::launcher::{LaunchError, LaunchSpec, Launcher, Update};
 use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::outcome::{JobFailure, Outcome};
@@ -165,6 +165,15 @@ impl<L: Launcher> Job<L> {
         let launched = Instant::now();
         let launch = match ctx.launcher.launch(&spec).await {
             Ok(launch) => launch,
+            Err(LaunchError::Refused { message, retryable }) => {
+                warn!(message = "The cluster refused the runner.", reason = %message);
+                let failure = JobFailure::new(
+                    FailureCode::Refused,
+                    format!("The cluster refused to start the image generator: {message}"),
+                    retryable,
+                );
+                return self.reject(failure).await;
+            }
             Err(e) => {
                 warn!(message = "Could not launch a runner.", error = %e);
                 let failure = JobFailure::new(

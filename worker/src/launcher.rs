@@ -48,6 +48,9 @@ pub enum LaunchError {
     /// The launcher could not start the runner now; a later attempt may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster refused the runner (RBAC, admission, quota), saying why.
+    #[error("{message}")]
+    Refused { message: String, retryable: bool },
 }
 
 /// Starts, follows and stops runners. Implementations must make `launch` idempotent per job id:
@@ -63,6 +66,10 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Forgets a finished launch (its files, its Kubernetes Job), after its outcome is published.
     fn release(&self, job_id: &JobId) -> impl Future<Output = ()> + Send;
+
+    /// The jobs whose runners still run, started by any worker: the sweep stops those whose job
+    /// has ended or is gone from the queue.
+    fn running(&self) -> impl Future<Output = Vec<JobId>> + Send;
 }
 
 /// Where a runner finds what the worker passes it: the values of a pod's environment, which the

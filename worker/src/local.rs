@@ -273,6 +273,19 @@ impl Launcher for LocalLauncher {
         Ok(())
     }
 
+    async fn running(&self) -> Vec<JobId> {
+        let Ok(entries) = std::fs::read_dir(&self.inner.runs_dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                ProcessIdentity::read(&entry.path().join(PID_FILE)).is_some_and(|p| p.is_alive())
+            })
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
     async fn release(&self, job_id: &JobId) {
         self.cancelled().remove(job_id);
         let dir = self.dir_of(job_id);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ducks_queue::{Consumer, Queue};
+use ducks_queue::{Consumer, Queue, QueueError};
 use ducks_runner::storage::Storage;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -96,6 +96,11 @@ impl<L: Launcher> Worker<L> {
             self.queue.clone(),
             stopping.clone(),
         ));
+        let sweeper = tokio::spawn(sweep_orphans(
+            self.ctx.clone(),
+            self.queue.clone(),
+            stopping.clone(),
+        ));
         let (leave_tx, leave) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let mut tasks = JoinSet::new();
@@ -172,6 +177,7 @@ impl<L: Launcher> Worker<L> {
             }
         }
         let _ = refresher.await;
+        let _ = sweeper.await;
         drop(consumer);
         info!(message = "The worker stopped.");
         Ok(())
@@ -197,6 +203,38 @@ async fn keep_catalogue_fresh<L>(
             .await
         {
             warn!(message = "Could not refresh the model catalogue.", error = %e);
+        }
+    }
+}
+
+/// Every `sweep_interval_secs`, stops runners whose job has ended or is no longer in the queue
+/// (a worker died after a cancel, or a job's record expired): nothing runs that nobody waits for.
+async fn sweep_orphans<L: Launcher>(
+    ctx: Arc<Context<L>>,
+    queue: Queue,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let period = ctx.config.sweep_interval();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        for job_id in ctx.launcher.running().await {
+            let ended = match queue.status(&job_id).await {
+                Ok(status) => status.state.is_terminal(),
+                Err(QueueError::NotFound(_)) => true,
+                Err(e) => {
+                    warn!(message = "Could not check a running job during the sweep.", job_id = %job_id, error = %e);
+                    false
+                }
+            };
+            if ended {
+                info!(message = "Stopping a runner whose job has ended or left the queue.", job_id = %job_id);
+                if let Err(e) = ctx.launcher.cancel(&job_id).await {
+                    warn!(message = "Could not stop an orphaned runner.", job_id = %job_id, error = %e);
+                }
+            }
         }
     }
 }

@@ -4,12 +4,19 @@ use std::net::SocketAddr;
 
 use ducks_queue::Queue;
 use ducks_runner::storage::Storage;
-use ducks_worker::{LocalLauncher, Worker, http};
+use std::time::Duration;
+
+use ducks_worker::config::LauncherKind;
+use ducks_worker::kube::{KubeLauncher, rbac};
+use ducks_worker::{Launcher, LocalLauncher, Worker, http};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::settings::Settings;
+
+/// How long a starting worker waits for its first list of the cluster's Jobs.
+const SYNC_LIMIT: Duration = Duration::from_secs(30);
 
 pub async fn run(settings: &Settings) -> Result<(), super::Error> {
     let queue = super::connect(settings).await?;
@@ -29,15 +36,47 @@ pub struct RunningWorker {
 
 impl RunningWorker {
     pub async fn start(settings: &Settings, queue: Queue) -> Result<Self, super::Error> {
+        let config = &settings.worker;
+        let output_prefix = settings.runner.output_prefix.clone();
+        match config.launcher {
+            LauncherKind::Local => {
+                let launcher = LocalLauncher::new(
+                    &config.local,
+                    settings.s3.clone(),
+                    output_prefix,
+                    config.cancel_grace(),
+                )
+                .map_err(|e| format!("the local launcher's folders cannot be created: {e}"))?;
+                Self::spawn(settings, queue, launcher).await
+            }
+            LauncherKind::Kubernetes => {
+                let kube = &config.kubernetes;
+                // The kubeconfig ($KUBECONFIG or ~/.kube/config), or the pod's service account.
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    format!("cannot connect to Kubernetes (worker.launcher = kubernetes): {e}")
+                })?;
+                rbac::check(&client, &kube.namespace).await?;
+                let launcher =
+                    KubeLauncher::start(client, kube.clone(), settings.s3.clone(), output_prefix);
+                // Know the Jobs an earlier worker left before taking jobs, to adopt them.
+                if !launcher.synced(SYNC_LIMIT).await {
+                    warn!(
+                        message = "The cluster's Jobs are not listed yet; adopting relies on the API's answers meanwhile."
+                    );
+                }
+                info!(message = "Launching runners as Kubernetes Jobs.", namespace = %kube.namespace);
+                Self::spawn(settings, queue, launcher).await
+            }
+        }
+    }
+
+    async fn spawn<L: Launcher>(
+        settings: &Settings,
+        queue: Queue,
+        launcher: L,
+    ) -> Result<Self, super::Error> {
         let storage = Storage::connect(&settings.s3).await;
         let config = settings.worker.clone();
-        let launcher = LocalLauncher::new(
-            &config.local,
-            settings.s3.clone(),
-            settings.runner.output_prefix.clone(),
-            config.cancel_grace(),
-        )
-        .map_err(|e| format!("the local launcher's folders cannot be created: {e}"))?;
         let listen = config.listen.clone();
         let name = if config.name.is_empty() {
             default_name()

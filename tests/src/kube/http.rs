@@ -12,11 +12,13 @@ use std::time::Duration;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, Sleep};
 
 use super::lock;
+use super::logs;
+use super::rbac::{self, Attributes};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
     ApiError, Propagation, Resource, Result, Store, WatchFilter, WatchFrom, WatchStart,
@@ -36,10 +38,15 @@ struct Route {
     /// `None`: across all namespaces (list and watch only).
     namespace: Option<String>,
     name: Option<String>,
+    /// `log` for `pods/{name}/log`, the only subresource served.
+    subresource: Option<String>,
 }
 
+/// The path of SelfSubjectAccessReviews.
+const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
 /// Maps a path to a resource, or `None` for anything the simulator does
-/// not serve (other groups, subresources such as `pods/x/log`).
+/// not serve (other groups, other subresources).
 fn route(path: &str) -> Option<Route> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, rest) = match segments.as_slice() {
@@ -47,10 +54,11 @@ fn route(path: &str) -> Option<Route> {
         ["apis", "batch", "v1", rest @ ..] => ("batch", rest),
         _ => return None,
     };
-    let (namespace, plural, name) = match rest {
-        [plural] => (None, *plural, None),
-        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
-        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+    let (namespace, plural, name, subresource) = match rest {
+        [plural] => (None, *plural, None, None),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
+        ["namespaces", ns, "pods", name, "log"] => (Some(*ns), "pods", Some(*name), Some("log")),
         _ => return None,
     };
     let resource = Resource::from_plural(plural).filter(|r| r.group() == group)?;
@@ -58,6 +66,7 @@ fn route(path: &str) -> Option<Route> {
         resource,
         namespace: namespace.map(percent_decode),
         name: name.map(percent_decode),
+        subresource: subresource.map(str::to_owned),
     })
 }
 
@@ -80,12 +89,24 @@ async fn answer(store: Arc<Mutex<Store>>, request: Request<Incoming>) -> Result<
             "the server could not find the requested resource",
         )
     };
+    if request.uri().path().trim_end_matches('/') == ACCESS_REVIEWS {
+        return access_review(store, request).await;
+    }
     let route = route(request.uri().path()).ok_or_else(not_found)?;
     let query = Query::parse(request.uri().query().unwrap_or_default());
     let watching = matches!(query.get("watch"), Some("true" | "1"));
     let namespaced = route.namespace.is_some();
     let named = route.name.is_some();
+    let log = route.subresource.is_some();
     let verb = match (request.method().as_str(), namespaced, named) {
+        ("GET", true, true) if log => "get",
+        _ if log => {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
         ("POST", true, false) => "create",
         ("GET", true, true) => "get",
         ("GET", _, false) if watching => "watch",
@@ -99,19 +120,44 @@ async fn answer(store: Arc<Mutex<Store>>, request: Request<Incoming>) -> Result<
             ));
         }
     };
-    if route.resource == Resource::Events && !matches!(verb, "get" | "list") {
+    if route.resource == Resource::Events && !matches!(verb, "get" | "list" | "watch") {
         return Err(ApiError::new(
             405,
             "MethodNotAllowed",
-            "the simulator serves events for get and list only",
+            "the simulator serves events for get, list and watch only",
         ));
     }
-    if let Some(fault) = lock(&store).admit(verb, route.resource) {
-        return Err(ApiError::from_fault(fault));
-    }
-
     let namespace = route.namespace.clone().unwrap_or_default();
     let name = route.name.clone().unwrap_or_default();
+    let attributes = Attributes {
+        verb: verb.to_owned(),
+        group: route.resource.group().to_owned(),
+        resource: route.resource.plural().to_owned(),
+        subresource: route.subresource.clone().unwrap_or_default(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let counted = if log {
+        "pods/log"
+    } else {
+        route.resource.plural()
+    };
+    {
+        let mut store = lock(&store);
+        store.count(verb, counted);
+        if let Some(rules) = &store.rbac
+            && !rbac::allows(rules, &attributes)
+        {
+            return Err(rbac::forbidden(&attributes));
+        }
+        if let Some(fault) = store.take_fault(verb, counted) {
+            return Err(ApiError::from_fault(fault));
+        }
+    }
+    if log {
+        return logs::answer(store, &namespace, &name, &query);
+    }
+
     match verb {
         "create" => {
             let body = read_json(request.into_body()).await?;
@@ -211,14 +257,83 @@ fn watch(store: Arc<Mutex<Store>>, route: &Route, query: &Query) -> Result<Respo
     Ok(response)
 }
 
+/// A SelfSubjectAccessReview: the body back, with `status.allowed` by the
+/// rules (everything while RBAC is not enforced). Always allowed itself.
+async fn access_review(
+    store: Arc<Mutex<Store>>,
+    request: Request<Incoming>,
+) -> Result<Response<ApiBody>> {
+    if request.method() != hyper::Method::POST {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ));
+    }
+    let verb = "create";
+    let resource = "selfsubjectaccessreviews";
+    {
+        let mut store = lock(&store);
+        store.count(verb, resource);
+        if let Some(fault) = store.take_fault(verb, resource) {
+            return Err(ApiError::from_fault(fault));
+        }
+    }
+    let mut review = read_json(request.into_body()).await?;
+    if !review.is_object() {
+        return Err(ApiError::bad_request("the body is not a JSON object"));
+    }
+    let text = |pointer: &str| {
+        review
+            .pointer(&format!("/spec/resourceAttributes/{pointer}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if review.pointer("/spec/resourceAttributes").is_none() {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "SelfSubjectAccessReview.authorization.k8s.io is invalid: spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        ));
+    }
+    let attributes = Attributes {
+        verb: text("verb"),
+        group: text("group"),
+        resource: text("resource"),
+        subresource: text("subresource"),
+        namespace: text("namespace"),
+        name: text("name"),
+    };
+    let allowed = match &lock(&store).rbac {
+        None => true,
+        Some(rules) => rbac::allows(rules, &attributes),
+    };
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    if !review.get("metadata").is_some_and(Value::is_object) {
+        review["metadata"] = json!({});
+    }
+    review["metadata"]["creationTimestamp"] = Value::Null;
+    review["status"] = if allowed {
+        json!({"allowed": true, "reason": "RBAC: allowed by the simulator's rules"})
+    } else {
+        json!({"allowed": false})
+    };
+    Ok(json_response(StatusCode::CREATED, &review))
+}
+
 fn filter(route: &Route, query: &Query) -> Result<WatchFilter> {
     Ok(WatchFilter {
         resource: route.resource,
         namespace: route.namespace.clone(),
         labels: LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
             .map_err(ApiError::bad_request)?,
-        fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
-            .map_err(ApiError::bad_request)?,
+        fields: FieldSelector::parse(
+            query.get("fieldSelector").unwrap_or_default(),
+            route.resource,
+        )
+        .map_err(ApiError::bad_request)?,
     })
 }
 
@@ -243,7 +358,7 @@ async fn read_json(body: Incoming) -> Result<Value> {
         .map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<ApiBody> {
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<ApiBody> {
     let mut response = Response::new(ApiBody::Full(Some(Bytes::from(value.to_string()))));
     *response.status_mut() = status;
     response
@@ -264,7 +379,7 @@ fn error_response(error: &ApiError) -> Response<ApiBody> {
 }
 
 /// Query parameters, percent-decoded (`+` is a space, as form encoding has it).
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(query: &str) -> Query {
@@ -283,7 +398,7 @@ impl Query {
         )
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
@@ -291,7 +406,7 @@ impl Query {
     }
 
     /// A non-negative number parameter; empty counts as absent.
-    fn number(&self, key: &str) -> Result<Option<u64>> {
+    pub(super) fn number(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key).filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(value) => value
@@ -302,11 +417,13 @@ impl Query {
     }
 }
 
-/// A response body: a whole JSON document, or a watch stream.
+/// A response body: a whole document, a watch stream, or a followed log.
 pub(super) enum ApiBody {
     /// `None` once sent.
     Full(Option<Bytes>),
     Watch(WatchBody),
+    /// Chunks until the sender is dropped.
+    Stream(mpsc::UnboundedReceiver<Bytes>),
 }
 
 /// A watch response: lines from the store's channel until the channel
@@ -334,6 +451,9 @@ impl Body for ApiBody {
             ApiBody::Watch(watch) => watch
                 .poll_line(cx)
                 .map(|line| line.map(|l| Ok(Frame::data(l)))),
+            ApiBody::Stream(chunks) => chunks
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c)))),
         }
     }
 
@@ -346,7 +466,7 @@ impl Body for ApiBody {
             ApiBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ApiBody::Watch(_) => SizeHint::default(),
+            ApiBody::Watch(_) | ApiBody::Stream(_) => SizeHint::default(),
         }
     }
 }
@@ -396,6 +516,7 @@ mod tests {
                 resource: Resource::Jobs,
                 namespace: Some("ns".into()),
                 name: Some("ducks-1".into()),
+                subresource: None,
             })
         );
         assert_eq!(
@@ -404,6 +525,7 @@ mod tests {
                 resource: Resource::Pods,
                 namespace: None,
                 name: None,
+                subresource: None,
             })
         );
         assert_eq!(
@@ -412,7 +534,12 @@ mod tests {
         );
         assert_eq!(route_of("/api/v1/namespaces/ns/jobs"), None);
         assert_eq!(route_of("/apis/batch/v1/namespaces/ns/pods"), None);
-        assert_eq!(route_of("/api/v1/namespaces/ns/pods/p/log"), None);
+        assert_eq!(
+            route_of("/api/v1/namespaces/ns/pods/p/log").and_then(|r| r.subresource),
+            Some("log".into())
+        );
+        assert_eq!(route_of("/api/v1/namespaces/ns/pods/p/exec"), None);
+        assert_eq!(route_of("/apis/batch/v1/namespaces/ns/jobs/j/log"), None);
         assert_eq!(route_of("/version"), None);
     }
 

@@ -6,12 +6,19 @@
 //! a `kube::Config` pointed at `http://127.0.0.1:PORT`, so the code under test
 //! runs unchanged.
 //!
-//! # What exists (first slice)
+//! # What exists
 //!
 //! - batch/v1 Jobs and v1 Pods: create (409 AlreadyExists), get (404), list
-//!   (equality label selectors, `metadata.name`/`metadata.namespace` field
-//!   selectors, `limit`/`continue` as plain offsets), watch, delete.
-//!   v1 Events: get and list only; tests add them with [`KubeApi::record_event`].
+//!   (equality label selectors, `limit`/`continue` as plain offsets), watch,
+//!   delete. v1 Events: get, list and watch; the Job controller records
+//!   them, and tests can add their own with [`KubeApi::record_event`].
+//! - Field selectors with `=`, `==`, `!=`: `metadata.name` and
+//!   `metadata.namespace` everywhere, `status.phase` on pods,
+//!   `involvedObject.kind|name|namespace|uid`, `reason` and `type` on events.
+//! - `GET pods/{name}/log` (`container`, `follow`, `tailLines`,
+//!   `limitBytes`): the container's output as text/plain; a followed log
+//!   streams until the container ends or the pod goes away; a container
+//!   that has not started answers 400 with its waiting reason.
 //! - Server-set metadata: uid, creationTimestamp, generation, and one global,
 //!   monotonically increasing resourceVersion.
 //! - Delete with `propagationPolicy`: Background and Foreground delete a
@@ -25,7 +32,30 @@
 //!   `sendInitialEvents`, from a change log of 10 000 entries; an older
 //!   resourceVersion gets an ERROR event with a 410 Expired Status.
 //! - Errors as `Status` objects, as kube-client parses them.
-//! - Per (verb, resource) request counts ([`KubeApi::requests`]) and faults:
+//! - A Job controller (controller.rs) for one-pod Jobs: a pod per attempt
+//!   (after [`Timing::create_pod`]), `status.active`/`startTime`,
+//!   `podFailurePolicy` (onExitCodes, onPodConditions; FailJob, Ignore,
+//!   Count), `backoffLimit` (default 6, without the exponential backoff
+//!   delay), SuccessCriteriaMet/FailureTarget then Complete/Failed as two
+//!   writes, `activeDeadlineSeconds` (DeadlineExceeded, active pods deleted),
+//!   `ttlSecondsAfterFinished` (Background delete), FailedCreate events while
+//!   [`KubeApi::refuse_pods`]. Suspended Jobs (`spec.suspend: true`) are left
+//!   alone, so the hooks below drive them.
+//! - A kubelet (kubelet.rs) for the pods the Job controller creates, each by
+//!   its [`PodBehaviour`]: PodScheduled, ContainerCreating, Running/Ready,
+//!   then terminated with exit code, reason and termination message
+//!   (FallbackToLogsOnError included), or stuck Unschedulable / in an image
+//!   pull / in CreateContainerConfigError (a missing Secret). With
+//!   [`KubeApi::set_kubelet`], [`PodBehaviour::Run`] runs a real process
+//!   (the real `ducks runner`) with the pod's environment, `envFrom` Secrets
+//!   ([`KubeApi::put_secret`]) and volumes mapped to local folders; a
+//!   deleted pod's process group gets SIGTERM, then SIGKILL after 2 s.
+//!   Every transition is a store write: a new resourceVersion and a watch
+//!   event.
+//! - RBAC ([`KubeApi::enforce_rbac`]): 403 Forbidden with the API server's
+//!   message; `POST selfsubjectaccessreviews` answers by the same rules.
+//! - Per (verb, resource) request counts ([`KubeApi::requests`]; `pods/log`
+//!   and `selfsubjectaccessreviews` too) and faults:
 //!   429 with Retry-After or 500 for the next requests of a verb
 //!   ([`KubeApi::fail_next`]), closing every open watch
 //!   ([`KubeApi::drop_watches`]), 410 for the next watch
@@ -33,27 +63,36 @@
 //! - Hooks that change state as the Job controller and kubelet would, each a
 //!   write with a new resourceVersion and a watch event:
 //!   [`KubeApi::create_pod_for_job`], [`KubeApi::set_pod_status`],
-//!   [`KubeApi::set_job_status`].
+//!   [`KubeApi::set_job_status`]. The kubelet does not run pods made by
+//!   [`KubeApi::create_pod_for_job`] (or created over REST).
 //!
 //! # What does not exist yet
 //!
-//! - No Job controller and no kubelet: nothing creates pods, moves them
-//!   through Pending → Running → Succeeded/Failed, honours backoffLimit,
-//!   podFailurePolicy, activeDeadlineSeconds or TTL, or runs the real runner.
-//!   Tests drive those transitions through the hooks.
-//! - No update, patch or `status` subresource over REST, no `pods/{name}/log`,
-//!   no 409 Conflict on stale resourceVersions, no 422 validation beyond a
-//!   missing name, no authentication or 403, no TLS, no other resources.
+//! - Jobs with completions or parallelism above 1, indexed Jobs, pod
+//!   backoff delays, the Suspended condition, unsuspending, init or several
+//!   containers (the kubelet runs the first container only), `valueFrom` and
+//!   ConfigMaps in the environment, resource limits (nothing is OOM-killed
+//!   unless scripted), restarts (`restartPolicy` is taken as Never).
+//! - No update, patch or `status` subresource over REST, no Secrets over
+//!   REST, no 409 Conflict on stale resourceVersions, no 422 validation
+//!   beyond a missing name, no authentication (every request is the
+//!   `ducks-worker` service account), no TLS, no other resources.
 //! - Set-based label selectors (`in`, `notin`) answer 400.
 //!
 //! Note that kube 5's client retries 429, 503 and 504 by itself (up to 15
 //! times, honouring Retry-After) unless `Config::default_retry` is off; 500
 //! and other errors come back as `kube::Error::Api` at once.
 
+mod controller;
 mod http;
+mod kubelet;
+mod logs;
+mod rbac;
 mod selector;
+mod sim;
 mod store;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -61,13 +100,16 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{Event, Pod, PodStatus};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use sim::Notice;
+pub use sim::{Kubelet, PodBehaviour, Timing};
 use store::{Resource, Store};
 
 /// How long [`KubeApi::stop`] may take before it is called a hang.
@@ -96,6 +138,10 @@ pub struct KubeApi {
     /// `None` once [`KubeApi::stop`] ran.
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The Job controller; aborted on drop.
+    controller: JoinHandle<()>,
+    /// Pod folders and logs while no kubelet root is set.
+    _root: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for KubeApi {
@@ -114,7 +160,17 @@ impl KubeApi {
     /// Must be called inside a tokio runtime. Panics if the socket cannot be
     /// bound.
     pub async fn start() -> KubeApi {
-        let store = Arc::new(Mutex::new(Store::new(DEFAULT_BOOKMARK_INTERVAL)));
+        let root = tempfile::Builder::new()
+            .prefix("ducks-kube-")
+            .tempdir()
+            .expect("a temporary folder for the simulated kubelet");
+        let (notices, notices_rx) = mpsc::unbounded_channel();
+        let mut initial = Store::new(DEFAULT_BOOKMARK_INTERVAL);
+        initial.sim.default_root = root.path().to_owned();
+        initial.sim.notices = Some(notices.clone());
+        let store = Arc::new(Mutex::new(initial));
+        let controller =
+            tokio::spawn(controller::Controller::new(Arc::clone(&store), notices).run(notices_rx));
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind the Kubernetes API simulator to 127.0.0.1:0");
@@ -131,6 +187,8 @@ impl KubeApi {
             store,
             shutdown: Some(shutdown),
             task: Some(task),
+            controller,
+            _root: root,
         }
     }
 
@@ -251,6 +309,85 @@ impl KubeApi {
         )
     }
 
+    /// The behaviour of pods once the scripted ones are used up (at start:
+    /// exit 0 with an empty log and no message).
+    pub fn set_default_pod_behaviour(&self, behaviour: PodBehaviour) {
+        lock(&self.store).sim.default_behaviour = behaviour;
+    }
+
+    /// Behaviours for the next pods the Job controller creates, in order,
+    /// before the default; adds to those not used yet.
+    pub fn script_pods(&self, behaviours: Vec<PodBehaviour>) {
+        lock(&self.store).sim.scripted.extend(behaviours);
+    }
+
+    /// While `Some`, the Job controller creates no pod for a new (or
+    /// replacement) pod of any Job and records a Warning Event, reason
+    /// FailedCreate, on the Job instead, with this message (e.g. `Error
+    /// creating: pods "ducks-x-abcde" is forbidden: exceeded quota: ...`).
+    /// Back to `None`, it creates the pods of the Jobs it was refused for.
+    pub fn refuse_pods(&self, message: Option<String>) {
+        let mut store = lock(&self.store);
+        let allowed_again = message.is_none() && store.sim.refuse.is_some();
+        store.sim.refuse = message;
+        if allowed_again {
+            store.sim.notify(Notice::Retry);
+        }
+    }
+
+    /// Delays between phases (all zero at start: "instant phases"); applies
+    /// to what is scheduled afterwards.
+    pub fn set_timing(&self, timing: Timing) {
+        lock(&self.store).sim.timing = timing;
+    }
+
+    /// Enables running real processes for [`PodBehaviour::Run`]; pod
+    /// folders, volumes and logs move to `kubelet.root` for pods started
+    /// afterwards.
+    pub fn set_kubelet(&self, kubelet: Kubelet) {
+        lock(&self.store).sim.kubelet = Some(kubelet);
+    }
+
+    /// Stores a Secret's data (plain strings) for `envFrom.secretRef`; a
+    /// hook only, Secrets have no REST here.
+    pub fn put_secret(&self, namespace: &str, name: &str, data: BTreeMap<String, String>) {
+        lock(&self.store)
+            .sim
+            .secrets
+            .insert((namespace.to_owned(), name.to_owned()), data);
+    }
+
+    /// Pods that ran a process whose process is still alive (a deleted
+    /// pod's process gets SIGTERM, then SIGKILL after 2 s).
+    pub fn running_processes(&self) -> usize {
+        lock(&self.store).sim.processes.len()
+    }
+
+    /// How many Jobs were ever created successfully with this name in this
+    /// namespace; an empty `name` counts every name in the namespace, and
+    /// an empty `namespace` too every namespace.
+    pub fn jobs_created(&self, namespace: &str, name: &str) -> usize {
+        lock(&self.store)
+            .sim
+            .jobs_created
+            .iter()
+            .filter(|((ns, n), _)| {
+                (namespace.is_empty() || ns == namespace) && (name.is_empty() || n == name)
+            })
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// From now on every request is checked against these rules (apiGroups,
+    /// resources with subresources such as `pods/log`, verbs, resourceNames,
+    /// `*` wildcards): one not allowed answers 403 Forbidden with the API
+    /// server's message for user `system:serviceaccount:ducks:ducks-worker`.
+    /// Before it is called, everything is allowed. SelfSubjectAccessReviews
+    /// answer by the same rules.
+    pub fn enforce_rbac(&self, rules: Vec<PolicyRule>) {
+        lock(&self.store).rbac = Some(rules);
+    }
+
     /// Stops accepting, closes the listener and every connection (watches
     /// included), and waits for that. Stored objects stay. Calling it again
     /// does nothing. Panics if that takes over 10 s.
@@ -293,6 +430,8 @@ impl KubeApi {
 
 impl Drop for KubeApi {
     fn drop(&mut self) {
+        self.controller.abort();
+        lock(&self.store).sim.kill_all();
         if let Some(task) = self.task.take() {
             // Dropping the task's future drops the listener and the JoinSet of
             // connections, which aborts them.

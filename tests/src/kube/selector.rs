@@ -1,8 +1,11 @@
 //! Label and field selectors as the API server parses them from a query,
 //! limited to what the launcher sends: equality-based label requirements and
-//! `metadata.name` / `metadata.namespace` field requirements.
+//! equality field requirements on `metadata.name` / `metadata.namespace`,
+//! `status.phase` (pods) and `involvedObject.*`, `reason`, `type` (events).
 
 use serde_json::{Map, Value};
+
+use super::store::Resource;
 
 /// A parsed `labelSelector`: every requirement must hold.
 #[derive(Clone, Debug, Default)]
@@ -83,9 +86,10 @@ struct FieldRequirement {
 
 impl FieldSelector {
     /// Parses `metadata.name=x`, `metadata.name!=x` (and `==`), likewise
-    /// `metadata.namespace`, joined by commas. Other fields answer an error,
-    /// as the API server does for field labels a resource does not support.
-    pub(super) fn parse(text: &str) -> Result<FieldSelector, String> {
+    /// the other fields `resource` supports, joined by commas. Other fields
+    /// answer an error, as the API server does for field labels a resource
+    /// does not support.
+    pub(super) fn parse(text: &str, resource: Resource) -> Result<FieldSelector, String> {
         let mut requirements = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, value, equal) = if let Some((field, value)) = part.split_once("!=") {
@@ -97,10 +101,17 @@ impl FieldSelector {
             } else {
                 return Err(format!("invalid field selector {text:?}"));
             };
-            let pointer = match field.trim() {
-                "metadata.name" => "/metadata/name",
-                "metadata.namespace" => "/metadata/namespace",
-                other => {
+            let pointer = match (resource, field.trim()) {
+                (_, "metadata.name") => "/metadata/name",
+                (_, "metadata.namespace") => "/metadata/namespace",
+                (Resource::Pods, "status.phase") => "/status/phase",
+                (Resource::Events, "involvedObject.kind") => "/involvedObject/kind",
+                (Resource::Events, "involvedObject.name") => "/involvedObject/name",
+                (Resource::Events, "involvedObject.namespace") => "/involvedObject/namespace",
+                (Resource::Events, "involvedObject.uid") => "/involvedObject/uid",
+                (Resource::Events, "reason") => "/reason",
+                (Resource::Events, "type") => "/type",
+                (_, other) => {
                     return Err(format!(
                         "field label not supported by the simulator: {other}"
                     ));
@@ -167,13 +178,46 @@ mod tests {
     #[test]
     fn field_selectors_know_name_and_namespace() {
         let object = labelled(json!({}));
-        let check = |selector: &str| FieldSelector::parse(selector).unwrap().matches(&object);
+        let check = |selector: &str| {
+            FieldSelector::parse(selector, Resource::Jobs)
+                .unwrap()
+                .matches(&object)
+        };
         assert!(check("metadata.name=a"));
         assert!(check("metadata.name==a,metadata.namespace=ns"));
         assert!(check("metadata.name!=b"));
         assert!(!check("metadata.name=b"));
         assert!(!check("metadata.namespace!=ns"));
-        assert!(FieldSelector::parse("status.phase=Running").is_err());
-        assert!(FieldSelector::parse("metadata.name").is_err());
+        assert!(FieldSelector::parse("status.phase=Running", Resource::Jobs).is_err());
+        assert!(FieldSelector::parse("metadata.name", Resource::Jobs).is_err());
+    }
+
+    #[test]
+    fn field_selectors_know_pod_phases_and_event_fields() {
+        let pod = json!({"metadata": {"name": "p"}, "status": {"phase": "Running"}});
+        let pods = |selector: &str| {
+            FieldSelector::parse(selector, Resource::Pods)
+                .unwrap()
+                .matches(&pod)
+        };
+        assert!(pods("status.phase=Running"));
+        assert!(!pods("status.phase!=Running"));
+        let event = json!({
+            "metadata": {"name": "e"},
+            "involvedObject": {"kind": "Job", "name": "j", "namespace": "ns", "uid": "u"},
+            "reason": "FailedCreate",
+            "type": "Warning",
+        });
+        let events = |selector: &str| {
+            FieldSelector::parse(selector, Resource::Events)
+                .unwrap()
+                .matches(&event)
+        };
+        assert!(events("involvedObject.kind=Job,reason=FailedCreate"));
+        assert!(events(
+            "involvedObject.name==j,involvedObject.namespace=ns,involvedObject.uid=u,type=Warning"
+        ));
+        assert!(!events("involvedObject.kind=Job,reason!=FailedCreate"));
+        assert!(FieldSelector::parse("reason=x", Resource::Pods).is_err());
     }
 }

@@ -12,8 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
 use super::KubeFault;
 use super::selector::{FieldSelector, LabelSelector};
+use super::sim::{Notice, Sim};
 
 /// How many changes the log keeps; a watch from an older resourceVersion
 /// gets 410 Expired, as after etcd compaction.
@@ -64,7 +67,7 @@ impl Resource {
         }
     }
 
-    fn kind(self) -> &'static str {
+    pub(super) fn kind(self) -> &'static str {
         match self {
             Resource::Jobs => "Job",
             Resource::Pods => "Pod",
@@ -73,7 +76,7 @@ impl Resource {
     }
 
     /// `jobs.batch` or `pods`, as in the API server's messages.
-    fn qualified(self) -> String {
+    pub(super) fn qualified(self) -> String {
         match self.group() {
             "" => self.plural().to_owned(),
             group => format!("{}.{group}", self.plural()),
@@ -87,8 +90,9 @@ pub(super) struct ApiError {
     pub(super) code: u16,
     pub(super) reason: &'static str,
     pub(super) message: String,
-    /// `details` of the Status: the object's name and its resource.
-    pub(super) details: Option<(String, Resource)>,
+    /// `details` of the Status: the object's name, its group and its
+    /// resource (plural).
+    pub(super) details: Option<Box<(String, String, String)>>,
     /// Seconds for `Retry-After` and `details.retryAfterSeconds`.
     pub(super) retry_after_secs: Option<u32>,
 }
@@ -108,9 +112,9 @@ impl ApiError {
         ApiError::new(400, "BadRequest", message)
     }
 
-    fn not_found(resource: Resource, name: &str) -> ApiError {
+    pub(super) fn not_found(resource: Resource, name: &str) -> ApiError {
         ApiError {
-            details: Some((name.to_owned(), resource)),
+            details: Some(Box::new(details(resource, name))),
             ..ApiError::new(
                 404,
                 "NotFound",
@@ -121,7 +125,7 @@ impl ApiError {
 
     fn already_exists(resource: Resource, name: &str) -> ApiError {
         ApiError {
-            details: Some((name.to_owned(), resource)),
+            details: Some(Box::new(details(resource, name))),
             ..ApiError::new(
                 409,
                 "AlreadyExists",
@@ -160,10 +164,10 @@ impl ApiError {
             "code": self.code,
         });
         let mut details = serde_json::Map::new();
-        if let Some((name, resource)) = &self.details {
+        if let Some((name, group, kind)) = self.details.as_deref() {
             details.insert("name".into(), json!(name));
-            details.insert("group".into(), json!(resource.group()));
-            details.insert("kind".into(), json!(resource.plural()));
+            details.insert("group".into(), json!(group));
+            details.insert("kind".into(), json!(kind));
         }
         if let Some(seconds) = self.retry_after_secs {
             details.insert("retryAfterSeconds".into(), json!(seconds));
@@ -173,6 +177,14 @@ impl ApiError {
         }
         status
     }
+}
+
+fn details(resource: Resource, name: &str) -> (String, String, String) {
+    (
+        name.to_owned(),
+        resource.group().to_owned(),
+        resource.plural().to_owned(),
+    )
 }
 
 pub(super) type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -297,6 +309,10 @@ pub(super) struct Store {
     /// How many coming watch requests answer 410 whatever their version.
     expire_watches: usize,
     pub(super) bookmark_interval: Duration,
+    /// The Job controller's and kubelet's settings and bookkeeping.
+    pub(super) sim: Sim,
+    /// `None`: everything is allowed.
+    pub(super) rbac: Option<Vec<PolicyRule>>,
 }
 
 impl Store {
@@ -307,10 +323,15 @@ impl Store {
         }
     }
 
-    /// Counts a request, then hands out the next fault queued for it.
-    pub(super) fn admit(&mut self, verb: &str, resource: Resource) -> Option<KubeFault> {
-        let key = (verb.to_owned(), resource.plural().to_owned());
-        *self.requests.entry(key.clone()).or_default() += 1;
+    /// Counts a request to `resource` (a plural, or `pods/log`).
+    pub(super) fn count(&mut self, verb: &str, resource: &str) {
+        let key = (verb.to_owned(), resource.to_owned());
+        *self.requests.entry(key).or_default() += 1;
+    }
+
+    /// Hands out the next fault queued for requests with `verb` to `resource`.
+    pub(super) fn take_fault(&mut self, verb: &str, resource: &str) -> Option<KubeFault> {
+        let key = (verb.to_owned(), resource.to_owned());
         let faults = self.faults.get_mut(&key)?;
         let fault = faults.pop_front();
         if faults.is_empty() {
@@ -423,6 +444,13 @@ impl Store {
         }
         self.last_uid += 1;
         let resource_version = self.next_resource_version();
+        if resource == Resource::Jobs {
+            *self
+                .sim
+                .jobs_created
+                .entry((namespace.to_owned(), name.clone()))
+                .or_default() += 1;
+        }
         metadata.insert("name".into(), json!(name));
         metadata.insert("namespace".into(), json!(namespace));
         metadata.insert(
@@ -734,6 +762,11 @@ impl Store {
     /// Appends to the log (dropping the oldest beyond its capacity) and sends
     /// the change to every open watch that selects it.
     fn record(&mut self, change: Change) {
+        self.sim.notify(Notice::Change {
+            resource: change.resource,
+            deleted: change.kind == ChangeKind::Deleted,
+            object: change.object.clone(),
+        });
         self.watches
             .retain(|watch| match watch.filter.event_type(&change) {
                 Some(kind) => watch.lines.send(line(kind, &change.object)).is_ok(),
@@ -763,7 +796,7 @@ fn namespace_of(object: &Value) -> &str {
 }
 
 /// The current time as Kubernetes writes it (RFC 3339, whole seconds).
-fn now() -> Value {
+pub(super) fn now() -> Value {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

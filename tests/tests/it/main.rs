@@ -1,6 +1,7 @@
 mod harness;
 mod hub;
 mod kube_api;
+mod kube_launcher;
 mod queue;
 mod runner;
 mod s3;

@@ -22,15 +22,6 @@ pub struct Budgets {
     pub image_pull: Duration,
 }
 
-impl Default for Budgets {
-    fn default() -> Self {
-        Self {
-            scheduling: Duration::from_secs(300),
-            image_pull: Duration::from_secs(180),
-        }
-    }
-}
-
 /// A launch as the cluster shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Seen {
@@ -80,20 +71,16 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
     let Some(pod) = seen.pod else {
         return Seen::Waiting("Waiting for the cluster to create the image generator.".into());
     };
+    // The Job's pod failure policy ignores disruptions: the Job controller starts a new pod.
     if has_condition(pod, "DisruptionTarget") {
-        return failed(
-            FailureCode::Interrupted,
-            "The cluster interrupted the image generator (preemption or a node drain).",
-            true,
+        return Seen::Waiting(
+            "The cluster interrupted the image generator (preemption or a node drain); starting it again."
+                .into(),
         );
     }
     let status = pod.status.as_ref();
-    if status.and_then(|s| s.reason.as_deref()) == Some("UnexpectedAdmissionError") {
-        return failed(
-            FailureCode::Interrupted,
-            "The GPU node could not hand out its GPU.",
-            true,
-        );
+    if gpu_fault(pod) {
+        return Seen::Finished(gpu_fault_outcome());
     }
     if let Some(terminated) = terminated {
         return Seen::Finished(from_termination(Some(terminated), exit_of(terminated)));
@@ -174,6 +161,9 @@ fn failed_job(
             ))
         };
     }
+    if pod.is_some_and(gpu_fault) {
+        return gpu_fault_outcome();
+    }
     match terminated {
         Some(terminated) => from_termination(Some(terminated), exit_of(terminated)),
         None => Outcome::Failed(JobFailure::new(
@@ -197,6 +187,19 @@ fn from_termination(terminated: Option<&ContainerStateTerminated>, exit: Exit) -
         .and_then(|t| t.message.as_deref())
         .and_then(|message| message.lines().rev().find_map(Line::parse));
     classify_exit(exit, line.as_ref())
+}
+
+/// The node admitted the pod but could not hand out its GPU (a device plugin fault).
+fn gpu_fault(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("UnexpectedAdmissionError")
+}
+
+fn gpu_fault_outcome() -> Outcome {
+    Outcome::Failed(JobFailure::new(
+        FailureCode::Interrupted,
+        "The GPU node could not hand out its GPU; trying again.",
+        true,
+    ))
 }
 
 fn exit_of(terminated: &ContainerStateTerminated) -> Exit {
@@ -315,6 +318,7 @@ mod tests {
     fn expect(seen: Seen) -> Expect {
         match seen {
             Seen::Waiting(message) if message.contains("free GPU") => Expect::Waiting("gpu"),
+            Seen::Waiting(message) if message.contains("interrupted") => Expect::Waiting("again"),
             Seen::Waiting(message) if message.contains("runner image") => Expect::Waiting("image"),
             Seen::Waiting(_) => Expect::Waiting("start"),
             Seen::Running => Expect::Running,
@@ -326,6 +330,11 @@ mod tests {
             Seen::Finished(Outcome::Cancelled) => panic!("never classified as cancelled"),
         }
     }
+
+    const BUDGETS: Budgets = Budgets {
+        scheduling: Duration::from_secs(300),
+        image_pull: Duration::from_secs(180),
+    };
 
     /// The failure table of docs/kubernetes.md, row by row.
     #[test]
@@ -465,18 +474,27 @@ mod tests {
                 Running,
             ),
             (
-                "disrupted",
+                "disrupted: the Job controller starts another pod",
                 Observed {
                     job: Some(&active),
                     pod: Some(&disrupted),
                     ..Default::default()
                 },
-                Failed(Interrupted, true),
+                Waiting("again"),
             ),
             (
                 "GPU fault",
                 Observed {
                     job: Some(&active),
+                    pod: Some(&gpu_fault),
+                    ..Default::default()
+                },
+                Failed(Interrupted, true),
+            ),
+            (
+                "GPU fault, Job failed",
+                Observed {
+                    job: Some(&backoff),
                     pod: Some(&gpu_fault),
                     ..Default::default()
                 },
@@ -555,11 +573,7 @@ mod tests {
             ),
         ];
         for (name, observed, expected) in rows {
-            assert_eq!(
-                expect(classify(observed, &Budgets::default())),
-                expected,
-                "{name}"
-            );
+            assert_eq!(expect(classify(observed, &BUDGETS)), expected, "{name}");
         }
     }
 }

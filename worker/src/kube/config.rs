@@ -1,9 +1,12 @@
 //! What clusters differ in, for the Jobs the worker creates.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Toleration;
 use serde::{Deserialize, Serialize};
+
+use super::classify::Budgets;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,7 +17,9 @@ pub struct KubeConfig {
     pub runner_image: String,
     /// `IfNotPresent`, `Always` or `Never`.
     pub image_pull_policy: String,
-    /// Secrets for a private registry.
+    /// Secrets for a private registry: a list in `ducks.toml`, comma-separated in the
+    /// environment.
+    #[serde(deserialize_with = "list_or_commas")]
     pub image_pull_secrets: Vec<String>,
     /// Extra labels and annotations on every Job and its pod (cost allocation, policies).
     pub labels: BTreeMap<String, String>,
@@ -48,6 +53,12 @@ pub struct KubeConfig {
     /// The runner pods' service account, for IRSA or workload identity; empty for none (and then
     /// no token is mounted at all).
     pub service_account: String,
+    /// How long a pod may wait for a GPU (unschedulable) before the job fails with "no GPU
+    /// capacity".
+    pub scheduling_budget_secs: u64,
+    /// How long the runner image may fail to pull before the job fails (the Job controller never
+    /// gives up on these by itself).
+    pub image_pull_budget_secs: u64,
 }
 
 /// Where a node's weight cache lives.
@@ -60,6 +71,15 @@ pub struct CacheVolume {
     pub claim: String,
     /// Where the runner sees it.
     pub mount_path: String,
+}
+
+impl KubeConfig {
+    pub fn budgets(&self) -> Budgets {
+        Budgets {
+            scheduling: Duration::from_secs(self.scheduling_budget_secs),
+            image_pull: Duration::from_secs(self.image_pull_budget_secs),
+        }
+    }
 }
 
 impl Default for CacheVolume {
@@ -99,6 +119,43 @@ impl Default for KubeConfig {
             cache: CacheVolume::default(),
             s3_secret: String::new(),
             service_account: String::new(),
+            scheduling_budget_secs: 300,
+            image_pull_budget_secs: 180,
         }
+    }
+}
+
+/// A list of names, or one string of comma-separated names (how an environment variable holds a
+/// list); empty names are dropped.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Commas(String),
+    }
+    let names = match Names::deserialize(deserializer)? {
+        Names::List(names) => names,
+        Names::Commas(text) => text.split(',').map(|s| s.trim().to_owned()).collect(),
+    };
+    Ok(names.into_iter().filter(|name| !name.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_secrets_are_a_list_or_comma_separated() {
+        let parse = |json: serde_json::Value| -> Vec<String> {
+            serde_json::from_value::<KubeConfig>(serde_json::json!({"image_pull_secrets": json}))
+                .unwrap()
+                .image_pull_secrets
+        };
+        assert_eq!(parse(serde_json::json!(["a", "b"])), ["a", "b"]);
+        assert_eq!(parse(serde_json::json!("a, b")), ["a", "b"]);
+        assert!(parse(serde_json::json!("")).is_empty());
     }
 }
