@@ -269,6 +269,7 @@ fn round(
         ..WorkerConfig::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
+    let metrics = std::sync::Mutex::new(None);
     let worker_task = {
         let _in_worker_runtime = worker_rt.enter();
         let client = api.client();
@@ -286,6 +287,7 @@ fn round(
                 );
                 assert!(worker_rt.block_on(launcher.synced(Duration::from_secs(10))));
                 let worker = Worker::new(worker_queue, storage, launcher, config, "bench");
+                *metrics.lock().unwrap() = Some(worker.metrics());
                 worker_rt.spawn(worker.run(async {
                     let _ = stopped.await;
                 }))
@@ -396,6 +398,17 @@ fn round(
         .unwrap()
         .unwrap();
     worker_rt.shutdown_timeout(Duration::from_secs(5));
+    if let Some(metrics) = metrics.lock().unwrap().as_ref()
+        && std::env::var_os("BENCH_DEBUG").is_some()
+    {
+        for line in metrics
+            .render()
+            .lines()
+            .filter(|l| l.contains("_total") && !l.starts_with('#'))
+        {
+            eprintln!("{line}");
+        }
+    }
     drop(api);
     report
 }

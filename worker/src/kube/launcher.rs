@@ -167,6 +167,7 @@ impl Launcher for KubeLauncher {
                 uid: None,
                 cancelled: false,
                 finished: false,
+                succeeded: false,
                 waiting: None,
                 log: None,
                 ended_at: None,
@@ -207,16 +208,16 @@ impl Launcher for KubeLauncher {
     async fn release(&self, job_id: &JobId) {
         let succeeded = {
             let mut state = self.state();
-            if let Some(follower) = state.followers.remove(job_id)
-                && let Some(log) = follower.log
-            {
+            let follower = state.followers.remove(job_id);
+            if let Some(log) = follower.as_ref().and_then(|f| f.log.as_ref()) {
                 log.abort();
             }
-            state
-                .seen
-                .get(job_id)
-                .and_then(|seen| seen.job.as_ref())
-                .is_some_and(|job| finished(job) == Some(true))
+            follower.is_some_and(|f| f.succeeded)
+                || state
+                    .seen
+                    .get(job_id)
+                    .and_then(|seen| seen.job.as_ref())
+                    .is_some_and(|job| finished(job) == Some(true))
         };
         // A succeeded Job is left to its TTL (its pod's log stays readable for a while); any
         // other is deleted now, so a retry of the job creates a fresh one instead of adopting it.
@@ -275,6 +276,8 @@ struct Follower {
     uid: Option<String>,
     cancelled: bool,
     finished: bool,
+    /// Whether it ended with the runner's result.
+    succeeded: bool,
     /// The current waiting message and since when, for the budgets.
     waiting: Option<(String, Instant)>,
     /// The task following the runner's log.
@@ -346,6 +349,8 @@ impl State {
                 };
                 let name = object.meta().name.clone().unwrap_or_default();
                 let uid = object.meta().uid.clone().unwrap_or_default();
+                // The object as deleted is its last state: a pod's may hold its end.
+                store(self.seen.entry(id.clone()).or_default(), object);
                 self.forget(kind, &id, &name, &uid);
                 vec![id]
             }
@@ -398,13 +403,17 @@ impl State {
                 }
                 objects.deleted = Some(uid.to_owned());
             }
+            // A finished pod's last state (its termination message) stays: the Job's end may be
+            // read after its pod is gone (the TTL, a re-list).
             Kind::Pods => {
-                objects.pods.remove(name);
+                if objects.pods.get(name).is_none_or(|pod| !pod_finished(pod)) {
+                    objects.pods.remove(name);
+                }
             }
             Kind::Events => {}
         }
-        // Nothing left to know, and nobody asking: forget the job entirely.
-        if objects.job.is_none() && objects.pods.is_empty() && !self.followers.contains_key(id) {
+        // No Job, and nobody asking: forget the job entirely.
+        if objects.job.is_none() && !self.followers.contains_key(id) {
             self.seen.remove(id);
         }
     }
@@ -434,7 +443,7 @@ impl State {
         // The Job's end and its pod's come through different watches: the pod's termination
         // message (the runner's result) may be a moment behind the Job's condition.
         let pod_behind = job.is_some_and(|job| finished(job).is_some())
-            && pod.is_some_and(|pod| !pod_finished(pod));
+            && pod.is_none_or(|pod| !pod_finished(pod));
         if pod_behind {
             let since = *follower.ended_at.get_or_insert(now);
             if now.duration_since(since) < POD_LAG_LIMIT {
@@ -483,6 +492,7 @@ impl State {
             }
             Seen::Finished(outcome) => {
                 follower.finished = true;
+                follower.succeeded = matches!(outcome, Outcome::Succeeded(_));
                 let outcome = match outcome {
                     Outcome::Succeeded(result) => Outcome::Succeeded(result),
                     // A cancelled runner's end (killed, or its Job deleted) is the cancel.
@@ -566,7 +576,7 @@ fn refused_job_id(event: &KubeEvent) -> Option<JobId> {
 async fn watch_cluster(shared: Arc<Shared>, jobs: Api<Job>, events: Api<KubeEvent>) {
     let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let by_label = watcher::Config::default().labels(&managed);
-    let changes = futures_util::stream::select_all([
+    let streams = [
         watcher::watcher(jobs, by_label.clone())
             .default_backoff()
             .map(|e| e.map(Change::Job))
@@ -579,13 +589,27 @@ async fn watch_cluster(shared: Arc<Shared>, jobs: Api<Job>, events: Api<KubeEven
             .default_backoff()
             .map(|e| e.map(Change::Event))
             .boxed(),
-    ]);
-    tokio::pin!(changes);
+    ];
+    // Each stream decodes its objects in a task of its own, so the decoding of many Jobs' and
+    // pods' events spreads over the runtime's threads; the state changes in one place.
+    let (sender, mut changes) = mpsc::channel(256);
+    let mut forwarders = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        let sender = sender.clone();
+        forwarders.spawn(async move {
+            while let Some(change) = stream.next().await {
+                if sender.send(change).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(sender);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            change = changes.next() => match change {
+            change = changes.recv() => match change {
                 Some(Ok(change)) => {
                     let mut state = shared.lock();
                     let touched = state.apply(change);
