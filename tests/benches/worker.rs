@@ -10,13 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ducks_queue::{
-    EventReader, JobId, JobRequest, Origin, Queue, QueueConfig, Redacted, RedisTarget, Submitted,
+    EventReader, JobId, JobRequest, Origin, Queue, QueueConfig, RedisTarget, Submitted,
 };
 use ducks_runner::contract::{Image, RunResult, RunTimings};
-use ducks_runner::diffusion;
-use ducks_runner::import::{ImportSpec, import_folder};
-use ducks_runner::storage::{S3Config, Storage};
-use ducks_tests::{RedisServer, S3Server};
+use ducks_tests::{RedisServer, tiny_bucket};
 use ducks_worker::{
     Launch, LaunchError, LaunchSpec, Launcher, Outcome, Update, Worker, WorkerConfig,
 };
@@ -149,27 +146,8 @@ impl Ends {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let redis = RedisServer::start().await;
-    let s3 = S3Server::start().await;
-    s3.create_bucket("ducks").await;
-    let s3_config = S3Config {
-        endpoint: s3.endpoint(),
-        region: s3.region().into(),
-        bucket: "ducks".into(),
-        access_key_id: s3.access_key().into(),
-        secret_access_key: Redacted(s3.secret_key().into()),
-        force_path_style: true,
-    };
-    let storage = Storage::connect(&s3_config).await;
     let model = tempfile::tempdir().unwrap();
-    diffusion::create_tiny(model.path()).unwrap();
-    let spec = ImportSpec {
-        id: "tiny-sd".into(),
-        family: diffusion::Family::Tiny,
-        name: None,
-        description: None,
-        tags: vec![],
-    };
-    import_folder(&storage, model.path(), spec).await.unwrap();
+    let (_s3, _, storage) = tiny_bucket(model.path()).await;
     storage
         .put(IMAGE_KEY, b"png".to_vec(), "image/png", HashMap::new())
         .await

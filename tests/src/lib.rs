@@ -32,5 +32,5 @@ mod support;
 pub use self::kube::{KubeApi, KubeFault, Kubelet, PodBehaviour, Timing};
 pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
-pub use s3::{PlainHttpResponse, S3Server, http_get};
+pub use s3::{BUCKET, PlainHttpResponse, S3Server, http_get, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};

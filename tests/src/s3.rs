@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use ducks_runner::diffusion;
 use ducks_runner::embedded_s3;
+use ducks_runner::import::{ImportSpec, import_folder};
+use ducks_runner::storage::{S3Config, Storage};
 
 use crate::support::percent_decode;
 use hyper::body::Incoming;
@@ -427,6 +430,36 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(data.get(..size)?);
         data = data.get(size + 2..)?;
     }
+}
+
+/// The bucket every test world and benchmark uses.
+pub const BUCKET: &str = "ducks";
+
+/// An S3 server with the bucket and tiny-sd in it (its files made under `scratch`), the client
+/// settings for it, and a storage client.
+pub async fn tiny_bucket(scratch: &Path) -> (S3Server, S3Config, Storage) {
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let config = S3Config {
+        endpoint: s3.endpoint(),
+        region: s3.region().into(),
+        bucket: BUCKET.into(),
+        access_key_id: s3.access_key().into(),
+        secret_access_key: ducks_queue::Redacted(s3.secret_key().into()),
+        force_path_style: true,
+    };
+    let storage = Storage::connect(&config).await;
+    let model_dir = scratch.join("tiny-model");
+    diffusion::create_tiny(&model_dir).unwrap();
+    let spec = ImportSpec {
+        id: "tiny-sd".into(),
+        family: diffusion::Family::Tiny,
+        name: None,
+        description: Some("Random weights: draws noise.".into()),
+        tags: vec![],
+    };
+    import_folder(&storage, &model_dir, spec).await.unwrap();
+    (s3, config, storage)
 }
 
 #[cfg(test)]

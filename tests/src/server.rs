@@ -29,6 +29,10 @@ const START_ATTEMPTS: usize = 5;
 /// How long SIGKILL plus reaping may take before we call it a hang.
 const KILL_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long a server that found its port served by another gets to exit by itself (and log the
+/// failed bind) before it is killed.
+const STRANGER_EXIT_LIMIT: Duration = Duration::from_secs(2);
+
 /// Timeouts of the readiness probe's own connection. Short, so a stuck
 /// attempt does not eat the whole readiness deadline.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -305,8 +309,10 @@ impl RedisServer {
                 Ok(pid) if Some(pid) == our_pid => return Ok(()),
                 Ok(pid) => {
                     // Some other redis-server answered on "our" port, so ours
-                    // cannot bind it and would exit; do not mistake the
-                    // stranger for our server.
+                    // cannot bind it and exits; do not mistake the stranger
+                    // for our server. Let ours log why it exits (the stranger
+                    // may answer before ours has tried), then make sure.
+                    let _ = tokio::time::timeout(STRANGER_EXIT_LIMIT, child.wait()).await;
                     self.kill().await;
                     return Err(format!(
                         "port {} is served by another redis-server (pid {pid})",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ducks_queue::queue::now_ms;
-use ducks_queue::{EventKind, FailureCode, JobId, JobRequest, JobWatch, Origin, Queue, Submitted};
+use ducks_queue::{EventKind, FailureCode, JobId, JobRequest, JobWatch, Queue, Submitted};
 use ducks_runner::storage::{S3Config, Storage};
 use ducks_tests::{KubeApi, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get};
 use ducks_worker::kube::{KubeConfig, KubeLauncher, rbac, spec};
@@ -17,10 +17,11 @@ use kube::api::{Api, DeleteParams, PostParams};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, eventually, queue_on, tiny_bucket};
+use crate::support::{
+    JOB_LIMIT, config, events_until_end, eventually, png_size, queue_on, quick, slow, terminal,
+    tiny_bucket, wait_until_running,
+};
 
-/// Long enough for a debug-build runner on a busy 2-core machine.
-const JOB_LIMIT: Duration = Duration::from_secs(120);
 const NS: &str = "ducks";
 const S3_SECRET: &str = "ducks-s3";
 
@@ -169,77 +170,6 @@ impl RunningWorker {
         let _ = self.task.await;
         self.metrics
     }
-}
-
-fn quick(prompt: &str) -> JobRequest {
-    let mut job = JobRequest::new(prompt, Origin::Cli);
-    job.width = Some(64);
-    job.height = Some(64);
-    job.steps = Some(1);
-    job.seed = Some(7);
-    job
-}
-
-/// A job that runs for some seconds (many steps at tiny-sd's largest size).
-fn slow(prompt: &str) -> JobRequest {
-    let mut job = quick(prompt);
-    job.width = Some(128);
-    job.height = Some(128);
-    job.steps = Some(120);
-    job
-}
-
-async fn events_until_end(queue: &Queue, id: &JobId, since: u64) -> Vec<EventKind> {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    let mut events = Vec::new();
-    tokio::time::timeout(JOB_LIMIT, async {
-        while !events.last().is_some_and(EventKind::is_terminal) {
-            events.extend(
-                watch
-                    .next(Duration::from_secs(1))
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|e| e.kind),
-            );
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no terminal event within {JOB_LIMIT:?}; saw {events:?}"));
-    events
-}
-
-/// Waits for the job's first Progress event: its runner surely runs.
-async fn wait_until_progress(queue: &Queue, id: &JobId, since: u64) {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    tokio::time::timeout(JOB_LIMIT, async {
-        loop {
-            let events = watch.next(Duration::from_secs(1)).await.unwrap();
-            if let Some(end) = events.iter().find(|e| e.kind.is_terminal()) {
-                panic!("the job ended before it ran: {:?}", end.kind);
-            }
-            if events
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::Progress { .. }))
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the job reports progress");
-}
-
-fn terminal(events: &[EventKind]) -> &EventKind {
-    let ends: Vec<_> = events.iter().filter(|e| e.is_terminal()).collect();
-    assert_eq!(ends.len(), 1, "exactly one terminal event: {events:?}");
-    ends[0]
-}
-
-fn png_size(bytes: &[u8]) -> (u32, u32) {
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let reader = decoder.read_info().expect("a PNG");
-    (reader.info().width, reader.info().height)
 }
 
 #[tokio::test]
@@ -537,7 +467,7 @@ async fn a_restarted_worker_reattaches_and_never_creates_a_second_job() {
     let world = World::new().await;
     let first = world.start_worker(world.worker_config(), "w1").await;
     let (id, since) = world.submit(slow("a duck that outlives its worker")).await;
-    wait_until_progress(&world.queue, &id, since).await;
+    wait_until_running(&world.queue, &id, since).await;
     first.kill().await;
 
     // The same consumer name takes its unfinished job back at once and adopts the running Job.
@@ -558,7 +488,7 @@ async fn cancel_deletes_the_job_and_its_pod() {
     let world = World::new().await;
     let worker = world.start_worker(world.worker_config(), "w1").await;
     let (id, since) = world.submit(slow("a duck nobody wants")).await;
-    wait_until_progress(&world.queue, &id, since).await;
+    wait_until_running(&world.queue, &id, since).await;
     assert_eq!(world.api.running_processes(), 1);
 
     world.queue.cancel(&id).await.unwrap();
@@ -630,7 +560,7 @@ async fn the_outcome_arrives_across_a_watch_drop_and_a_410() {
     let world = World::new().await;
     let worker = world.start_worker(world.worker_config(), "w1").await;
     let (id, since) = world.submit(slow("a duck across a reconnect")).await;
-    wait_until_progress(&world.queue, &id, since).await;
+    wait_until_running(&world.queue, &id, since).await;
     world.api.expire_next_watch();
     assert_eq!(world.api.drop_watches(), 3);
     let events = events_until_end(&world.queue, &id, since).await;

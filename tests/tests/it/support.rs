@@ -4,43 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ducks_queue::{
-    Consumer, Delivery, EventKind, JobEvent, JobId, JobRequest, Origin, Queue, QueueConfig,
-    RedisTarget, wire,
+    Consumer, Delivery, EventKind, FailureCode, JobEvent, JobId, JobRequest, JobWatch, Origin,
+    Queue, QueueConfig, RedisTarget, wire,
 };
-use ducks_runner::diffusion::{self, Family};
-use ducks_runner::import::{ImportSpec, import_folder};
-use ducks_runner::storage::{S3Config, Storage};
-use ducks_tests::{RedisServer, S3Server};
-
-/// The bucket every test world uses.
-pub const BUCKET: &str = "ducks";
-
-/// An S3 server with the bucket and tiny-sd in it (its files made under `scratch`), the client
-/// settings for it, and a storage client.
-pub async fn tiny_bucket(scratch: &std::path::Path) -> (S3Server, S3Config, Storage) {
-    let s3 = S3Server::start().await;
-    s3.create_bucket(BUCKET).await;
-    let config = S3Config {
-        endpoint: s3.endpoint(),
-        region: s3.region().into(),
-        bucket: BUCKET.into(),
-        access_key_id: s3.access_key().into(),
-        secret_access_key: ducks_queue::Redacted(s3.secret_key().into()),
-        force_path_style: true,
-    };
-    let storage = Storage::connect(&config).await;
-    let model_dir = scratch.join("tiny-model");
-    diffusion::create_tiny(&model_dir).unwrap();
-    let spec = ImportSpec {
-        id: "tiny-sd".into(),
-        family: Family::Tiny,
-        name: None,
-        description: Some("Random weights: draws noise.".into()),
-        tags: vec![],
-    };
-    import_folder(&storage, &model_dir, spec).await.unwrap();
-    (s3, config, storage)
-}
+use ducks_tests::RedisServer;
+pub use ducks_tests::{BUCKET, tiny_bucket};
 
 /// Settings for tests: short leases and backoffs, no per-requester limits unless a test sets them.
 pub fn config() -> QueueConfig {
@@ -134,4 +102,96 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// How long a job may take in the end-to-end tests: long enough for a debug-build runner on a
+/// busy 2-core machine.
+pub const JOB_LIMIT: Duration = Duration::from_secs(120);
+
+/// A small, fast job.
+pub fn quick(prompt: &str) -> JobRequest {
+    let mut job = JobRequest::new(prompt, Origin::Cli);
+    job.width = Some(64);
+    job.height = Some(64);
+    job.steps = Some(1);
+    job.seed = Some(7);
+    job
+}
+
+/// Steps of a slow job: about 5 s on an idle machine with a debug build.
+const SLOW_STEPS: u32 = 120;
+
+/// A job that runs long enough to act on while it runs (many steps at tiny-sd's largest size).
+pub fn slow(prompt: &str) -> JobRequest {
+    let mut job = quick(prompt);
+    job.width = Some(128);
+    job.height = Some(128);
+    job.steps = Some(SLOW_STEPS);
+    job
+}
+
+/// The job's events from its submit until its terminal event.
+pub async fn events_until_end(queue: &Queue, id: &JobId, since: u64) -> Vec<EventKind> {
+    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
+    let mut events = Vec::new();
+    tokio::time::timeout(JOB_LIMIT, async {
+        while !events.last().is_some_and(EventKind::is_terminal) {
+            events.extend(
+                watch
+                    .next(Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.kind),
+            );
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no terminal event within {JOB_LIMIT:?}; saw {events:?}"));
+    events
+}
+
+/// Waits until the job reports its first denoising step, so it is surely running.
+pub async fn wait_until_running(queue: &Queue, id: &JobId, since: u64) {
+    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
+    tokio::time::timeout(JOB_LIMIT, async {
+        loop {
+            let events = watch.next(Duration::from_secs(1)).await.unwrap();
+            if let Some(end) = events.iter().find(|e| e.kind.is_terminal()) {
+                panic!("the job ended before it was seen running: {:?}", end.kind);
+            }
+            if events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Progress { .. }))
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the job starts running");
+}
+
+pub fn terminal(events: &[EventKind]) -> &EventKind {
+    let ends: Vec<_> = events.iter().filter(|e| e.is_terminal()).collect();
+    assert_eq!(ends.len(), 1, "exactly one terminal event: {events:?}");
+    ends[0]
+}
+
+pub fn failure(events: &[EventKind]) -> (FailureCode, String, bool) {
+    match terminal(events) {
+        EventKind::Failed {
+            code,
+            message,
+            retryable,
+        } => (*code, message.clone(), *retryable),
+        other => panic!("expected a failure, got {other:?} in {events:?}"),
+    }
+}
+
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().expect("a PNG");
+    let info = reader.info();
+    (info.width, info.height)
 }

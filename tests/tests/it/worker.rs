@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use ducks_queue::queue::now_ms;
 use ducks_queue::{
-    Cancelled, EventKind, FailureCode, JobId, JobRequest, JobWatch, Origin, Queue, QueueConfig,
-    Submitted,
+    Cancelled, EventKind, FailureCode, JobId, JobRequest, Queue, QueueConfig, Submitted,
 };
 use ducks_runner::storage::{S3Config, Storage};
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
@@ -19,10 +18,10 @@ use ducks_worker::{LocalLauncher, Metrics, Worker, WorkerConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, queue_on, tiny_bucket};
-
-/// Long enough for a debug-build runner on a busy 2-core machine.
-const JOB_LIMIT: Duration = Duration::from_secs(120);
+use crate::support::{
+    JOB_LIMIT, config, events_until_end, failure, png_size, queue_on, quick, slow, terminal,
+    tiny_bucket, wait_until_running,
+};
 
 /// Redis, S3 with tiny-sd, and the folders the local launcher shares between workers.
 struct World {
@@ -137,94 +136,6 @@ impl RunningWorker {
             .unwrap();
         self.metrics
     }
-}
-
-/// A small, fast job.
-fn quick(prompt: &str) -> JobRequest {
-    let mut job = JobRequest::new(prompt, Origin::Cli);
-    job.width = Some(64);
-    job.height = Some(64);
-    job.steps = Some(1);
-    job.seed = Some(7);
-    job
-}
-
-/// Steps of a slow job: about 5 s on an idle machine with a debug build.
-const SLOW_STEPS: u32 = 120;
-
-/// A job that runs long enough to act on while it runs (many steps at tiny-sd's largest size).
-fn slow(prompt: &str) -> JobRequest {
-    let mut job = quick(prompt);
-    job.width = Some(128);
-    job.height = Some(128);
-    job.steps = Some(SLOW_STEPS);
-    job
-}
-
-/// The job's events from its submit until its terminal event.
-async fn events_until_end(queue: &Queue, id: &JobId, since: u64) -> Vec<EventKind> {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    let mut events = Vec::new();
-    tokio::time::timeout(JOB_LIMIT, async {
-        while !events.last().is_some_and(EventKind::is_terminal) {
-            events.extend(
-                watch
-                    .next(Duration::from_secs(1))
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|e| e.kind),
-            );
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no terminal event within {JOB_LIMIT:?}; saw {events:?}"));
-    events
-}
-
-/// Waits until the job reports its first denoising step, so it is surely running.
-async fn wait_until_running(queue: &Queue, id: &JobId, since: u64) {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    tokio::time::timeout(JOB_LIMIT, async {
-        loop {
-            let events = watch.next(Duration::from_secs(1)).await.unwrap();
-            if let Some(end) = events.iter().find(|e| e.kind.is_terminal()) {
-                panic!("the job ended before it was seen running: {:?}", end.kind);
-            }
-            if events
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::Progress { .. }))
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the job starts running");
-}
-
-fn terminal(events: &[EventKind]) -> &EventKind {
-    let ends: Vec<_> = events.iter().filter(|e| e.is_terminal()).collect();
-    assert_eq!(ends.len(), 1, "exactly one terminal event: {events:?}");
-    ends[0]
-}
-
-fn failure(events: &[EventKind]) -> (FailureCode, String, bool) {
-    match terminal(events) {
-        EventKind::Failed {
-            code,
-            message,
-            retryable,
-        } => (*code, message.clone(), *retryable),
-        other => panic!("expected a failure, got {other:?} in {events:?}"),
-    }
-}
-
-fn png_size(bytes: &[u8]) -> (u32, u32) {
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let reader = decoder.read_info().expect("a PNG");
-    let info = reader.info();
-    (info.width, info.height)
 }
 
 #[tokio::test]
