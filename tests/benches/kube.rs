@@ -170,6 +170,9 @@ struct Report {
     by_kind: Vec<(String, usize)>,
     max_watches: usize,
     cpu_ms_per_job: f64,
+    to_start_p99_ms: f64,
+    start_to_end_p50_ms: f64,
+    start_to_end_p99_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
     succeeded: usize,
@@ -308,6 +311,10 @@ fn round(
         let cpu_before = threads_cpu_secs(WORKER_THREADS);
         let mut submitted: HashMap<JobId, Instant> = HashMap::new();
         let mut latencies = Vec::with_capacity(JOBS);
+        // Submit → the worker's first Starting event (taken, about to launch), and from there to
+        // the end: which side of the launch the time goes to.
+        let mut taken: HashMap<JobId, Instant> = HashMap::new();
+        let (mut to_start, mut start_to_end) = (Vec::new(), Vec::new());
         let mut succeeded = 0;
         let mut next = 0;
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -328,10 +335,21 @@ fn round(
             let now = Instant::now();
             for entry in &entries {
                 if let Ok(event) = &entry.event
+                    && matches!(event.kind, ducks_queue::EventKind::Starting { .. })
+                    && !taken.contains_key(&event.job_id)
+                    && let Some(at) = submitted.get(&event.job_id)
+                {
+                    to_start.push((now - *at).as_secs_f64() * 1000.0);
+                    taken.insert(event.job_id.clone(), now);
+                }
+                if let Ok(event) = &entry.event
                     && event.kind.is_terminal()
                     && let Some(at) = submitted.remove(&event.job_id)
                 {
                     latencies.push((now - at).as_secs_f64() * 1000.0);
+                    if let Some(started) = taken.remove(&event.job_id) {
+                        start_to_end.push((now - started).as_secs_f64() * 1000.0);
+                    }
                     if matches!(event.kind, ducks_queue::EventKind::Succeeded { .. }) {
                         succeeded += 1;
                     }
@@ -365,6 +383,9 @@ fn round(
             by_kind,
             max_watches: max_watches.load(Ordering::Relaxed),
             cpu_ms_per_job: cpu * 1000.0 / JOBS as f64,
+            to_start_p99_ms: percentile(&mut to_start, 0.99),
+            start_to_end_p50_ms: percentile(&mut start_to_end, 0.5),
+            start_to_end_p99_ms: percentile(&mut start_to_end, 0.99),
             p50_ms: percentile(&mut latencies, 0.5),
             p99_ms: percentile(&mut latencies, 0.99),
             succeeded,
@@ -433,6 +454,18 @@ fn main() {
     println!(
         "| submit → terminal event p99 | {:.1} ms | {:.1} ms | |",
         ducks.p99_ms, naive.p99_ms
+    );
+    println!(
+        "| submit → taken (first Starting event) p99 | {:.1} ms | {:.1} ms | |",
+        ducks.to_start_p99_ms, naive.to_start_p99_ms
+    );
+    println!(
+        "| taken → terminal event p50 | {:.1} ms | {:.1} ms | |",
+        ducks.start_to_end_p50_ms, naive.start_to_end_p50_ms
+    );
+    println!(
+        "| taken → terminal event p99 | {:.1} ms | {:.1} ms | |",
+        ducks.start_to_end_p99_ms, naive.start_to_end_p99_ms
     );
     println!(
         "| jobs succeeded | {} | {} | {JOBS} |",

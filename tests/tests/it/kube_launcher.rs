@@ -9,7 +9,9 @@ use std::time::Duration;
 use ducks_queue::queue::now_ms;
 use ducks_queue::{EventKind, FailureCode, JobId, JobRequest, JobWatch, Queue, Submitted};
 use ducks_runner::storage::{S3Config, Storage};
-use ducks_tests::{KubeApi, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get};
+use ducks_tests::{
+    KubeApi, KubeFault, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get,
+};
 use ducks_worker::kube::{KubeConfig, KubeLauncher, rbac, spec};
 use ducks_worker::{Metrics, Worker, WorkerConfig};
 use k8s_openapi::api::batch::v1::Job;
@@ -643,5 +645,52 @@ async fn the_sweep_deletes_jobs_whose_queue_entry_is_gone() {
         || async { world.jobs().get_opt(&name).await.unwrap().is_none() },
     )
     .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn api_errors_on_create_and_delete_are_retried() {
+    let world = World::new().await;
+    let worker = world.start_worker(world.worker_config(), "w1").await;
+
+    // The create answers 500 twice and 429 once before it is served: one Job all the same.
+    world
+        .api
+        .fail_next("create", "jobs", 2, KubeFault::InternalError);
+    world.api.fail_next(
+        "create",
+        "jobs",
+        1,
+        KubeFault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+    );
+    let (id, since) = world.submit(quick("a duck past a busy API server")).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+    assert_eq!(world.api.requests("create", "jobs"), 4);
+    assert_eq!(world.api.jobs_created(NS, &spec::job_name(&id)), 1);
+
+    // The cancel's delete answers 500 twice: the Job is deleted all the same.
+    let (id, since) = world.submit(slow("a duck cancelled through errors")).await;
+    wait_until_running(&world.queue, &id, since).await;
+    world
+        .api
+        .fail_next("delete", "jobs", 2, KubeFault::InternalError);
+    world.queue.cancel(&id).await.unwrap();
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert_eq!(terminal(&events), &EventKind::Cancelled);
+    assert!(
+        world
+            .jobs()
+            .get_opt(&spec::job_name(&id))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(world.api.requests("delete", "jobs"), 3);
     worker.stop().await;
 }

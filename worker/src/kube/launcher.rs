@@ -206,22 +206,24 @@ impl Launcher for KubeLauncher {
     }
 
     async fn release(&self, job_id: &JobId) {
-        let succeeded = {
+        let leftover = {
             let mut state = self.state();
             let follower = state.followers.remove(job_id);
             if let Some(log) = follower.as_ref().and_then(|f| f.log.as_ref()) {
                 log.abort();
             }
-            follower.is_some_and(|f| f.succeeded)
-                || state
-                    .seen
-                    .get(job_id)
-                    .and_then(|seen| seen.job.as_ref())
-                    .is_some_and(|job| finished(job) == Some(true))
+            let succeeded = follower.is_some_and(|f| f.succeeded);
+            let job = state.seen.get(job_id).and_then(|seen| seen.job.as_ref());
+            let leftover = job.is_some_and(|job| !succeeded && finished(job) != Some(true));
+            if job.is_none() {
+                state.seen.remove(job_id);
+            }
+            leftover
         };
         // A succeeded Job is left to its TTL (its pod's log stays readable for a while); any
-        // other is deleted now, so a retry of the job creates a fresh one instead of adopting it.
-        if !succeeded && let Err(e) = self.delete(job_id).await {
+        // other still there is deleted now, so a retry creates a fresh one instead of adopting
+        // it. One already gone (cancelled, deleted outside) costs nothing.
+        if leftover && let Err(e) = self.delete(job_id).await {
             warn!(message = "Could not delete a finished Job; its TTL removes it.", job_id = %job_id, error = %e);
         }
     }
