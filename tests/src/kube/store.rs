@@ -319,6 +319,10 @@ impl Store {
     pub(super) fn new(bookmark_interval: Duration) -> Store {
         Store {
             bookmark_interval,
+            // As in a real cluster, whose store has seen writes before any client lists: a list
+            // never answers resourceVersion "0", which a watch would read as "from now" and so
+            // skip every change made between the list and the watch.
+            last_resource_version: 1,
             ..Store::default()
         }
     }

@@ -798,9 +798,7 @@ async fn a_pod_that_exits_0_completes_its_job() {
             break;
         }
     }
-    // TODO: kube's watcher, not polled while the pod changed, showed only
-    // the last state here; Pending → Running → Succeeded is not checked yet.
-    assert_eq!(seen.last().map(String::as_str), Some("Succeeded"));
+    assert_eq!(seen, ["Pending", "Running", "Succeeded"]);
     let all = pods_of(&pods, "ducks-ok").await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].owner_references()[0].name, "ducks-ok");
