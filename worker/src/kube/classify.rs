@@ -69,7 +69,14 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
         );
     }
     let Some(pod) = seen.pod else {
-        return Seen::Waiting("Waiting for the cluster to create the image generator.".into());
+        // Created suspended for Kueue, which unsuspends it once quota is free.
+        let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
+        let waiting = if suspended {
+            "Waiting in the cluster's queue for GPU quota."
+        } else {
+            "Waiting for the cluster to create the image generator."
+        };
+        return Seen::Waiting(waiting.into());
     };
     // The Job's pod failure policy ignores disruptions: the Job controller starts a new pod.
     if has_condition(pod, "DisruptionTarget") {
@@ -319,6 +326,7 @@ mod tests {
         match seen {
             Seen::Waiting(message) if message.contains("free GPU") => Expect::Waiting("gpu"),
             Seen::Waiting(message) if message.contains("interrupted") => Expect::Waiting("again"),
+            Seen::Waiting(message) if message.contains("queue") => Expect::Waiting("queue"),
             Seen::Waiting(message) if message.contains("runner image") => Expect::Waiting("image"),
             Seen::Waiting(_) => Expect::Waiting("start"),
             Seen::Running => Expect::Running,
@@ -357,6 +365,11 @@ mod tests {
         let backoff = job(Some(("Failed", "BackoffLimitExceeded")));
         let deadline = job(Some(("Failed", "DeadlineExceeded")));
         let active = job(None);
+        let mut suspended = job(None);
+        suspended.spec = Some(k8s_openapi::api::batch::v1::JobSpec {
+            suspend: Some(true),
+            ..Default::default()
+        });
         let (pull_backoff, err_pull) = (waiting("ImagePullBackOff"), waiting("ErrImagePull"));
         let (invalid_image, creating) = (waiting("InvalidImageName"), waiting("ContainerCreating"));
         let ok = terminated(0, "Completed", RESULT);
@@ -377,6 +390,14 @@ mod tests {
                     ..Default::default()
                 },
                 Waiting("start"),
+            ),
+            (
+                "suspended for Kueue",
+                Observed {
+                    job: Some(&suspended),
+                    ..Default::default()
+                },
+                Waiting("queue"),
             ),
             (
                 "quota",
