@@ -3,8 +3,8 @@
 //!
 //! The watcher keeps what it sees in [`State`]; every change re-classifies the launches it
 //! touches ([`classify`]) and sends what is new to that launch's channel. A launch costs one
-//! create, one log stream while its runner runs (for progress) and, unless it succeeded, one
-//! delete when it is released. Nothing per job polls or watches.
+//! create, one log stream while its runner runs (for progress) and, when it failed and its Job is
+//! still there, one delete when it is released. Nothing per job polls or watches.
 //!
 //! A re-list (after a watch drop or a 410) is handled as kube-runtime documents: an object not
 //! listed again is gone, so a Job deleted while the watch was down is still noticed.
