@@ -35,7 +35,7 @@ struct World {
     storage: Storage,
     queue: Queue,
     api: KubeApi,
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
 }
 
 impl World {
@@ -77,7 +77,7 @@ impl World {
             storage,
             queue,
             api,
-            _scratch: scratch,
+            scratch,
         }
     }
 
@@ -693,4 +693,85 @@ async fn api_errors_on_create_and_delete_are_retried() {
     );
     assert_eq!(world.api.requests("delete", "jobs"), 3);
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn ducks_worker_finds_the_cluster_through_a_kubeconfig_and_refuses_a_short_role() {
+    let world = World::new().await;
+    let kubeconfig = world.scratch.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: sim, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: worker, user: {{}}}}]\n\
+             contexts: [{{name: sim, context: {{cluster: sim, user: worker, namespace: {NS}}}}}]\n\
+             current-context: sim\n",
+            world.api.endpoint()
+        ),
+    )
+    .unwrap();
+    let worker = || {
+        let mut command = tokio::process::Command::new(ducks_binary());
+        command
+            .arg("worker")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", world.scratch.path())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("DUCKS_REDIS__URL", world.redis.url())
+            .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
+            .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
+            .env(
+                "DUCKS_S3__SECRET_ACCESS_KEY",
+                &world.s3_config.secret_access_key.0,
+            )
+            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .env("DUCKS_WORKER__LISTEN", "")
+            .env("DUCKS_WORKER__LAUNCHER", "kubernetes")
+            .env("DUCKS_WORKER__KUBERNETES__NAMESPACE", NS)
+            .env(
+                "DUCKS_WORKER__KUBERNETES__RUNNER_IMAGE",
+                "ducks-runner:test",
+            )
+            .env("DUCKS_WORKER__KUBERNETES__S3_SECRET", S3_SECRET)
+            .env("RUST_LOG", "warn")
+            .current_dir(world.scratch.path())
+            .kill_on_drop(true);
+        command
+    };
+
+    // Without `get pods/log`, the worker stops at once and says what to grant.
+    let mut short = rbac::required_rules();
+    short.retain(|rule| rule.resources.as_ref().unwrap()[0] != "pods/log");
+    world.api.enforce_rbac(short);
+    let refused = tokio::time::timeout(JOB_LIMIT, worker().output())
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("get pods/log") && stderr.contains("docs/kubernetes.md"),
+        "{stderr}"
+    );
+    assert_eq!(world.api.requests("create", "jobs"), 0);
+
+    // With the whole Role, it runs a job through a Job, and stops cleanly on SIGTERM.
+    world.api.enforce_rbac(rbac::required_rules());
+    let mut running = worker().spawn().unwrap();
+    let (id, since) = world.submit(quick("a duck from the binary")).await;
+    let events = events_until_end(&world.queue, &id, since).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
+    assert_eq!(world.api.jobs_created(NS, &spec::job_name(&id)), 1);
+    let pid = nix::unistd::Pid::from_raw(running.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(JOB_LIMIT, running.wait())
+        .await
+        .expect("the worker stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
