@@ -20,7 +20,9 @@
 //!   streams until the container ends or the pod goes away; a container
 //!   that has not started answers 400 with its waiting reason.
 //! - Server-set metadata: uid, creationTimestamp, generation, and one global,
-//!   monotonically increasing resourceVersion.
+//!   monotonically increasing resourceVersion that starts above 0, as in a
+//!   cluster with history (a list answering "0" would make the watch after it
+//!   start "from now" and skip changes in between).
 //! - Delete with `propagationPolicy`: Background and Foreground delete a
 //!   Job's pods (by owner reference or job-name label) before the Job; Orphan
 //!   (the default for Jobs) removes the owner reference and leaves them.
