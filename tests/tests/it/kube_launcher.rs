@@ -3,25 +3,21 @@
 //! client, and the simulator's kubelet running the real `ducks runner` with the pod's environment.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ducks_queue::queue::now_ms;
-use ducks_queue::{EventKind, FailureCode, JobId, JobRequest, JobWatch, Queue, Submitted};
+use ducks_queue::{EventKind, FailureCode, JobId, JobRequest, JobWatch, Queue};
 use ducks_runner::storage::{S3Config, Storage};
 use ducks_tests::{
     KubeApi, KubeFault, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get,
 };
 use ducks_worker::kube::{KubeConfig, KubeLauncher, rbac, spec};
-use ducks_worker::{Metrics, Worker, WorkerConfig};
+use ducks_worker::{Worker, WorkerConfig};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, PostParams};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::support::{
-    JOB_LIMIT, config, events_until_end, eventually, png_size, queue_on, quick, slow, terminal,
-    tiny_bucket, wait_until_running,
+    JOB_LIMIT, RunningWorker, events_until_end, eventually, png_size, queue_on, quick, slow,
+    submit, terminal, tiny_bucket, wait_until_running, worker_queue_config,
 };
 
 const NS: &str = "ducks";
@@ -43,7 +39,7 @@ impl World {
         let scratch = tempfile::tempdir().unwrap();
         let redis = RedisServer::start().await;
         let (s3, s3_config, storage) = tiny_bucket(scratch.path()).await;
-        let queue = queue_on(&redis, queue_config()).await;
+        let queue = queue_on(&redis, worker_queue_config()).await;
         let api = KubeApi::start().await;
         api.set_kubelet(Kubelet {
             entrypoint: vec![ducks_binary().into(), "runner".into()],
@@ -114,63 +110,22 @@ impl World {
             launcher.synced(Duration::from_secs(10)).await,
             "the launcher lists the cluster"
         );
-        let queue = queue_on(&self.redis, queue_config()).await;
-        let worker = Worker::new(queue, self.storage.clone(), launcher, config, name);
-        let metrics = worker.metrics();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        RunningWorker {
-            stop,
-            task,
-            metrics,
-        }
+        let queue = queue_on(&self.redis, worker_queue_config()).await;
+        RunningWorker::spawn(Worker::new(
+            queue,
+            self.storage.clone(),
+            launcher,
+            config,
+            name,
+        ))
     }
 
     async fn submit(&self, job: JobRequest) -> (JobId, u64) {
-        let since = now_ms();
-        match self.queue.submit(job).await.unwrap() {
-            Submitted::Queued { id, .. } => (id, since),
-            other => panic!("not queued: {other:?}"),
-        }
+        submit(&self.queue, job).await
     }
 
     fn jobs(&self) -> Api<Job> {
         Api::namespaced(self.api.client(), NS)
-    }
-}
-
-fn queue_config() -> ducks_queue::QueueConfig {
-    ducks_queue::QueueConfig {
-        lease_ms: 1_500,
-        max_retries: 1,
-        ..config()
-    }
-}
-
-struct RunningWorker {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<ducks_queue::Result<()>>,
-    metrics: Arc<Metrics>,
-}
-
-impl RunningWorker {
-    async fn stop(self) -> Arc<Metrics> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(JOB_LIMIT, self.task)
-            .await
-            .expect("the worker stops within its grace period")
-            .unwrap()
-            .unwrap();
-        self.metrics
-    }
-
-    /// Ends the worker at once, as a crash would: nothing is handed back.
-    async fn kill(self) -> Arc<Metrics> {
-        self.task.abort();
-        let _ = self.task.await;
-        self.metrics
     }
 }
 

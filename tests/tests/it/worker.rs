@@ -4,23 +4,17 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ducks_queue::queue::now_ms;
-use ducks_queue::{
-    Cancelled, EventKind, FailureCode, JobId, JobRequest, Queue, QueueConfig, Submitted,
-};
+use ducks_queue::{Cancelled, EventKind, FailureCode, JobId, JobRequest, Queue};
 use ducks_runner::storage::{S3Config, Storage};
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
 use ducks_worker::config::LocalConfig;
-use ducks_worker::{LocalLauncher, Metrics, Worker, WorkerConfig};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use ducks_worker::{LocalLauncher, Worker, WorkerConfig};
 
 use crate::support::{
-    JOB_LIMIT, config, events_until_end, failure, png_size, queue_on, quick, slow, terminal,
-    tiny_bucket, wait_until_running,
+    JOB_LIMIT, RunningWorker, events_until_end, failure, png_size, queue_on, quick, slow, submit,
+    terminal, tiny_bucket, wait_until_running, worker_queue_config,
 };
 
 /// Redis, S3 with tiny-sd, and the folders the local launcher shares between workers.
@@ -41,7 +35,7 @@ impl World {
     async fn with_redis(redis: RedisServer) -> Self {
         let scratch = tempfile::tempdir().unwrap();
         let (s3, s3_config, storage) = tiny_bucket(scratch.path()).await;
-        let queue = queue_on(&redis, queue_config()).await;
+        let queue = queue_on(&redis, worker_queue_config()).await;
         Self {
             redis,
             s3,
@@ -71,7 +65,7 @@ impl World {
 
     /// A worker in this process, on its own Redis connection.
     async fn start_worker(&self, config: WorkerConfig, name: &str) -> RunningWorker {
-        let queue = queue_on(&self.redis, queue_config()).await;
+        let queue = queue_on(&self.redis, worker_queue_config()).await;
         let launcher = LocalLauncher::new(
             &config.local,
             self.s3_config.clone(),
@@ -79,27 +73,17 @@ impl World {
             config.cancel_grace(),
         )
         .unwrap();
-        let worker = Worker::new(queue, self.storage.clone(), launcher, config, name);
-        let metrics = worker.metrics();
-        let probe = worker.probe();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        RunningWorker {
-            stop,
-            task,
-            metrics,
-            probe,
-        }
+        RunningWorker::spawn(Worker::new(
+            queue,
+            self.storage.clone(),
+            launcher,
+            config,
+            name,
+        ))
     }
 
     async fn submit(&self, job: JobRequest) -> (JobId, u64) {
-        let since = now_ms();
-        match self.queue.submit(job).await.unwrap() {
-            Submitted::Queued { id, .. } => (id, since),
-            other => panic!("not queued: {other:?}"),
-        }
+        submit(&self.queue, job).await
     }
 
     /// A script standing in for the runner, to inject a fault the real one cannot be made to show.
@@ -108,33 +92,6 @@ impl World {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
-    }
-}
-
-fn queue_config() -> QueueConfig {
-    QueueConfig {
-        lease_ms: 1_500,
-        max_retries: 1,
-        ..config()
-    }
-}
-
-struct RunningWorker {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<ducks_queue::Result<()>>,
-    metrics: Arc<Metrics>,
-    probe: ducks_worker::http::Probe,
-}
-
-impl RunningWorker {
-    async fn stop(self) -> Arc<Metrics> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(JOB_LIMIT, self.task)
-            .await
-            .expect("the worker stops within its grace period")
-            .unwrap()
-            .unwrap();
-        self.metrics
     }
 }
 
@@ -267,7 +224,10 @@ async fn a_worker_killed_mid_job_is_finished_by_another_that_adopts_its_runner()
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DUCKS_REDIS__URL", world.redis.url())
-        .env("DUCKS_QUEUE__LEASE_MS", queue_config().lease_ms.to_string())
+        .env(
+            "DUCKS_QUEUE__LEASE_MS",
+            worker_queue_config().lease_ms.to_string(),
+        )
         .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
         .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
         .env(
