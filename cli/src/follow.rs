@@ -5,9 +5,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ducks_queue::{EventKind, ImageRef, JobId, JobWatch, Queue};
+use ducks_contract::{EventKind, ImageRef, JobId};
+use ducks_queue::{JobWatch, Queue};
 
-use crate::commands::Error;
+use crate::Error;
 
 /// How long one image download may take.
 const DOWNLOAD_LIMIT: Duration = Duration::from_secs(120);
@@ -47,7 +48,7 @@ pub async fn follow(
             }
             match event.kind {
                 EventKind::Queued { position } => eprintln!("Queued (position {position})."),
-                EventKind::Starting { message } => eprintln!("{message}"),
+                EventKind::Starting { message, .. } => eprintln!("{message}"),
                 EventKind::Progress { step, total } => {
                     let bar = progress_bar(step, total, 30);
                     let tail = if step == total { " uploading…" } else { "" };

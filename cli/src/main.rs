@@ -6,7 +6,6 @@
 mod commands;
 mod dev;
 mod follow;
-mod hub;
 mod settings;
 mod signals;
 
@@ -17,6 +16,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::{LogFormat, Settings};
+
+/// What a command can fail with: its message is printed as is.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
 #[command(

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
-use ducks_queue::{QueueConfig, RedisTarget};
+use ducks_contract::Secret;
+use ducks_models::S3Config;
+use ducks_queue::{Queue, QueueConfig, QueueError, RedisTarget};
 use ducks_runner::run::RunnerConfig;
-use ducks_runner::storage::S3Config;
 use ducks_worker::WorkerConfig;
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Everything `ducks` can be configured with. `.env.example` lists every key.
@@ -50,7 +50,7 @@ impl Default for DevSettings {
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port/[db]`; for a cluster, seed node URLs separated by commas.
     /// Secret, because it may carry a password.
-    pub url: SecretString,
+    pub url: Secret,
     /// Talk to a Redis Cluster instead of a single server.
     pub cluster: bool,
 }
@@ -58,7 +58,7 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
-            url: SecretString::from("redis://127.0.0.1:6379/"),
+            url: Secret::new("redis://127.0.0.1:6379/"),
             cluster: false,
         }
     }
@@ -66,7 +66,7 @@ impl Default for RedisSettings {
 
 impl RedisSettings {
     pub fn target(&self) -> RedisTarget {
-        let url = self.url.expose_secret();
+        let url = self.url.expose();
         if self.cluster {
             RedisTarget::Cluster(url.split(',').map(|u| u.trim().to_owned()).collect())
         } else {
@@ -98,6 +98,11 @@ pub struct LogSettings {
 pub struct SettingsError(String);
 
 impl Settings {
+    /// The queue these settings name.
+    pub async fn connect_queue(&self) -> Result<Queue, QueueError> {
+        Queue::connect(self.redis.target(), self.queue.clone()).await
+    }
+
     /// Loads the layers. `file` defaults to `ducks.toml` in the current directory, if present.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
         // A missing .env is normal; a malformed one is worth knowing about.

@@ -19,10 +19,8 @@ use tracing::{debug, warn};
 use crate::connection::{Connection, is_missing_group, is_transient};
 use crate::keys::WORKER_GROUP;
 use crate::queue::{now_ms, unexpected_reply};
-use crate::{
-    EventKind, FailureCode, JobEvent, JobId, JobRequest, JobState, Queue, Result, backoff, scripts,
-    wire,
-};
+use crate::{Queue, Result, backoff, scripts};
+use ducks_contract::{EventKind, FailureCode, JobEvent, JobId, JobRequest, JobState, wire};
 
 /// Entries handled per reclaim, renewal or completion round; far below Lua's `unpack` ceiling
 /// (about 8,000 values).
@@ -258,11 +256,6 @@ impl Consumer {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// How many jobs this consumer holds right now.
-    pub fn held(&self) -> usize {
-        self.held.lock().len()
     }
 
     /// Stops reading ahead (a worker shutting down takes no more jobs) and gives back at once
@@ -816,7 +809,7 @@ pub enum Completion {
 
 /// What `fail` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub enum FailResult {
     /// The job comes back after this backoff.
     Retrying { attempt: u32, delay: Duration },
     /// The job ended with a Failed event.
@@ -964,7 +957,7 @@ impl Delivery {
         code: FailureCode,
         message: String,
         retryable: bool,
-    ) -> Result<Failure> {
+    ) -> Result<FailResult> {
         let config = self.queue.config.clone();
         if !retryable || self.attempt >= config.max_retries {
             let message = if retryable {
@@ -979,7 +972,7 @@ impl Delivery {
                     retryable: false,
                 })
                 .await?;
-            return Ok(Failure::Failed(done));
+            return Ok(FailResult::Failed(done));
         }
         let attempt = self.attempt + 1;
         let delay = backoff::retry_delay(
@@ -1017,13 +1010,13 @@ impl Delivery {
             })
             .await?;
         if reply == "cancelled" {
-            return Ok(Failure::Cancelled(
+            return Ok(FailResult::Cancelled(
                 self.complete(EventKind::Cancelled).await?,
             ));
         }
         match completion(&reply)? {
-            Completion::Done => Ok(Failure::Retrying { attempt, delay }),
-            other => Ok(Failure::Failed(other)),
+            Completion::Done => Ok(FailResult::Retrying { attempt, delay }),
+            other => Ok(FailResult::Failed(other)),
         }
     }
 

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use crate::connection::{Connection, is_missing_group, is_transient};
 use crate::consumer::prune_consumers;
 use crate::queue::{create_group, retry_transient};
-use crate::{ContractError, JobEvent, JobId, Queue, Result, wire};
+use crate::{Queue, Result};
+use ducks_contract::{ContractError, JobEvent, JobId, wire};
 
 /// One event as read from a stream. Acknowledge it with [`EventReader::ack`] once handled.
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 //! a terminal event and the acknowledgement it guards are written by one script, and a script
 //! cannot span slots.
 
-use crate::JobId;
+use ducks_contract::JobId;
 
 /// The consumer group of workers on the work stream.
 pub const WORKER_GROUP: &str = "workers";

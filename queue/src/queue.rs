@@ -10,9 +10,9 @@ use tracing::warn;
 use crate::connection::{Connection, RedisTarget, is_missing_group, is_transient};
 use crate::keys::{Keys, WORKER_GROUP};
 use crate::scripts::{self, POSITION_PLACEHOLDER};
-use crate::{
-    EventKind, JobEvent, JobId, JobRequest, JobState, JobStatus, ModelCatalogue, QueueConfig,
-    QueueError, Result, wire,
+use crate::{QueueConfig, QueueError, Result};
+use ducks_contract::{
+    EventKind, JobEvent, JobId, JobRequest, JobState, JobStatus, ModelCatalogue, wire,
 };
 
 /// How long an operation keeps retrying through connection trouble (a Redis restart, a failover).

@@ -8,15 +8,15 @@
 //! A cached file whose size or modification time no longer match its `.ok` marker is hashed
 //! again, and fetched again if it does not match.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::manifest::ModelFile;
-use crate::storage::{Storage, StorageError};
+use ducks_models::digest::sha256_of;
+use ducks_models::manifest::ModelFile;
+use ducks_models::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -225,18 +225,4 @@ fn stamp(meta: &std::fs::Metadata) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     format!("{} {modified}", meta.len())
-}
-
-/// Lowercase hex SHA-256 of a file.
-pub fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buffer[..n]);
-    }
 }

@@ -89,16 +89,17 @@ pub fn encode_png(
     Ok(bytes)
 }
 
-/// `<prefix>/<yyyy>/<mm>/<dd>/<job-id>/<n>.png`, dated in UTC.
-pub fn image_key(prefix: &str, now: SystemTime, job_id: &str, n: usize) -> String {
-    let days = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0);
-    let (year, month, day) = civil_from_days(days as i64);
+/// `<prefix>/<yyyy>/<mm>/<dd>/<job-id>/<run-ms>-<n>.png`, dated in UTC. The run's start time
+/// (Unix milliseconds) keeps every run's images apart: a later job that reuses an id (after its
+/// status expired, say) never overwrites an earlier image, so a permanent link always shows the
+/// image it was made for.
+pub fn image_key(prefix: &str, run_started: SystemTime, job_id: &str, n: usize) -> String {
+    let since_epoch = run_started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (year, month, day) = civil_from_days((since_epoch.as_secs() / 86_400) as i64);
     format!(
-        "{}/{year:04}/{month:02}/{day:02}/{job_id}/{n}.png",
-        prefix.trim_end_matches('/')
+        "{}/{year:04}/{month:02}/{day:02}/{job_id}/{}-{n}.png",
+        prefix.trim_end_matches('/'),
+        since_epoch.as_millis()
     )
 }
 
@@ -177,8 +178,8 @@ mod tests {
         for (secs, date) in table {
             let now = UNIX_EPOCH + Duration::from_secs(secs);
             assert_eq!(
-                image_key("images/", now, "job", 0),
-                format!("images/{date}/job/0.png")
+                image_key("images/", now, "job", 1),
+                format!("images/{date}/job/{}-1.png", secs * 1000)
             );
         }
     }

@@ -1,37 +1,33 @@
 //! One run of `ducks runner`: the job from the environment, the model's weights from S3 through
 //! the node cache, the images generated, uploaded and reported. Every failure ends as a
-//! [`RunError`] whose exit code tells the worker whether a retry can help.
+//! [`RunError`] whose exit code tells the worker whether a retry can help, whose message is for
+//! the person who asked, and whose detail is for the operator.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
+use ducks_contract::{
+    Image, Line, RunError, RunFailure, RunPhase, RunResult, RunTimings, RunnerJob, wire,
+};
+use ducks_models::bucket::{self, LoadError};
+use ducks_models::{Family, FileRole, S3Config, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use ducks_queue::{JobRequest, wire};
-
 use crate::cache::{CacheError, WeightCache};
-use crate::catalogue::{self, CatalogueError};
-use crate::contract::{Failure, Image, Line, Phase, RunError, RunResult, RunTimings};
-use crate::diffusion::{
-    self, DiffusionError, Family, FileRole, GenerateParams, ModelFiles, Pipeline,
-};
+use crate::diffusion::{self, DiffusionError, ModelFiles, Pipeline};
 use crate::image::{Parameters, encode_png, image_key};
-use crate::manifest::ModelManifest;
-use crate::storage::{S3Config, Storage, StorageError};
 
 /// The runner's own settings (`DUCKS_RUNNER__*`); S3 comes from `DUCKS_S3__*`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunnerConfig {
-    /// The job: the queue's `JobRequest` as JSON (docs/job-contract.md).
+    /// The job: a `RunnerJob` as JSON (docs/runner-contract.md).
     pub job: String,
-    /// The model to run; empty means the job's own `model`.
-    pub model: String,
     /// The node-local weight cache (a volume shared by the runners of one node).
     pub cache_dir: PathBuf,
-    /// Images go to `<output_prefix>/<yyyy>/<mm>/<dd>/<job-id>/<n>.png`.
+    /// Images go to `<output_prefix>/<yyyy>/<mm>/<dd>/<job-id>/<run-ms>-<n>.png`.
     pub output_prefix: String,
     /// Where the final result goes for Kubernetes to read (`terminationMessagePath`).
     pub termination_log: PathBuf,
@@ -41,7 +37,6 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             job: String::new(),
-            model: String::new(),
             cache_dir: PathBuf::from(".ducks/cache"),
             output_prefix: "images".into(),
             termination_log: PathBuf::from("/dev/termination-log"),
@@ -73,11 +68,42 @@ fn emit(out: &mut (dyn Write + Send), line: &Line) {
     let _ = writeln!(out, "{}", line.to_json()).and_then(|()| out.flush());
 }
 
-fn fail(failure: Failure, message: impl Into<String>) -> RunError {
+/// A failure with the person's message and the operator's detail.
+fn fail(failure: RunFailure, message: impl Into<String>, detail: impl Into<String>) -> RunError {
     RunError {
         failure,
         exit_code: failure.exit_code(),
         message: message.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Announces a phase, and reports it with its time when it ends.
+struct PhaseClock {
+    phase: RunPhase,
+    started: Instant,
+}
+
+impl PhaseClock {
+    fn start(out: &mut (dyn Write + Send), phase: RunPhase) -> Self {
+        emit(out, &Line::PhaseStarted { phase });
+        Self {
+            phase,
+            started: Instant::now(),
+        }
+    }
+
+    fn end(self, out: &mut (dyn Write + Send), detail: Option<String>) -> u64 {
+        let ms = elapsed_ms(self.started);
+        emit(
+            out,
+            &Line::PhaseEnded {
+                phase: self.phase,
+                ms,
+                detail,
+            },
+        );
+        ms
     }
 }
 
@@ -87,95 +113,95 @@ async fn run_job(
     out: &mut (dyn Write + Send),
 ) -> Result<RunResult, RunError> {
     let started = Instant::now();
-    let job: JobRequest = wire::decode("job", &config.job).map_err(|e| {
+    let job: RunnerJob = wire::decode("runner job", &config.job).map_err(|e| {
         fail(
-            Failure::BadRequest,
-            format!("The job could not be read: {e}"),
+            RunFailure::BadRequest,
+            "The image generator was given a job it cannot read.",
+            e.to_string(),
         )
     })?;
-    job.validate()
-        .map_err(|e| fail(Failure::BadRequest, e.to_string()))?;
-    let job_id = job
-        .id
-        .clone()
-        .ok_or_else(|| fail(Failure::BadRequest, "The job has no id."))?;
-    let model_id = if config.model.is_empty() {
-        job.model.clone().unwrap_or_default()
-    } else {
-        config.model.clone()
-    };
-    if model_id.is_empty() {
-        return Err(fail(Failure::BadRequest, "The job names no model."));
-    }
+    let RunnerJob {
+        job_id,
+        model: model_id,
+        params,
+    } = job;
 
-    let phase = Instant::now();
+    let download = PhaseClock::start(out, RunPhase::Download);
     let storage = Storage::connect(s3).await;
-    let manifest = catalogue::load(&storage, &model_id)
+    let manifest = bucket::load(&storage, &model_id)
         .await
         .map_err(|e| match e {
-            CatalogueError::UnknownModel(_) => fail(Failure::BadRequest, e.to_string()),
-            CatalogueError::Malformed(_) => fail(Failure::WeightsCorrupt, e.to_string()),
-            CatalogueError::Storage(e) => storage_failure(&e),
+            LoadError::UnknownModel(_) => fail(RunFailure::BadRequest, e.to_string(), ""),
+            LoadError::Malformed(_) => fail(
+                RunFailure::WeightsCorrupt,
+                format!(
+                    "The model `{model_id}` is misconfigured; an operator must fix its manifest."
+                ),
+                e.to_string(),
+            ),
+            LoadError::Storage(e) => storage_failure(&e),
         })?;
-    let params = resolve(&job, &manifest)?;
-    let family: Family = manifest
-        .family
-        .parse()
-        .map_err(|e| fail(Failure::WeightsCorrupt, format!("Model {model_id}: {e}")))?;
+    manifest
+        .info()
+        .check_params(&params)
+        .map_err(|e| fail(RunFailure::BadRequest, e.to_string(), ""))?;
+    let family: Family = manifest.family.parse().map_err(|e| {
+        fail(
+            RunFailure::WeightsCorrupt,
+            format!("The model `{model_id}` is misconfigured; an operator must fix its manifest."),
+            format!("{e}"),
+        )
+    })?;
     let cache = WeightCache::new(&config.cache_dir);
     let mut files = ModelFiles::default();
     let mut files_downloaded = 0;
     for file in &manifest.files {
         let key = manifest.key_of(file);
-        let role: FileRole = file
-            .role
-            .parse()
-            .map_err(|e| fail(Failure::WeightsCorrupt, format!("Model {model_id}: {e}")))?;
+        let role: FileRole = file.role.parse().map_err(|e| {
+            fail(
+                RunFailure::WeightsCorrupt,
+                format!(
+                    "The model `{model_id}` is misconfigured; an operator must fix its manifest."
+                ),
+                format!("{e}"),
+            )
+        })?;
         let cached = cache
             .fetch(&storage, &key, file)
             .await
             .map_err(|e| match e {
                 CacheError::Missing { .. } | CacheError::Corrupt { .. } => {
-                    fail(Failure::WeightsCorrupt, e.to_string())
+                    fail(RunFailure::WeightsCorrupt, DAMAGED_WEIGHTS, e.to_string())
                 }
                 CacheError::Storage(e) => storage_failure(&e),
-                CacheError::Local { .. } => fail(Failure::Crashed, e.to_string()),
+                CacheError::Local { .. } => fail(
+                    RunFailure::Crashed,
+                    "The image generator could not use its weight cache.",
+                    e.to_string(),
+                ),
             })?;
         files_downloaded += u32::from(cached.downloaded);
         files.paths.insert(role, cached.path);
     }
-    let download_ms = elapsed_ms(phase);
-    emit(
+    let download_ms = download.end(
         out,
-        &Line::Phase {
-            phase: Phase::Download,
-            ms: download_ms,
-            detail: Some(format!(
-                "{} files, {files_downloaded} from S3",
-                manifest.files.len()
-            )),
-        },
+        Some(format!(
+            "{} files, {files_downloaded} from S3",
+            manifest.files.len()
+        )),
     );
 
-    let phase = Instant::now();
+    let load = PhaseClock::start(out, RunPhase::Load);
     let pipeline =
         tokio::task::spawn_blocking(move || Pipeline::load(family, &files, &diffusion::device()))
             .await
-            .map_err(|e| fail(Failure::Crashed, e.to_string()))?
+            .map_err(|e| fail(RunFailure::Crashed, CRASHED, e.to_string()))?
             .map_err(diffusion_failure)?;
     // The pipeline's own scheduler: tiny-sd's config may name another than its family's.
     let sampler = pipeline.scheduler_name();
-    let load_ms = elapsed_ms(phase);
-    emit(
-        out,
-        &Line::Phase {
-            phase: Phase::Load,
-            ms: load_ms,
-            detail: None,
-        },
-    );
+    let load_ms = load.end(out, None);
 
-    let phase = Instant::now();
+    let generate = PhaseClock::start(out, RunPhase::Generate);
     let (steps_tx, mut steps_rx) = tokio::sync::mpsc::unbounded_channel();
     let generation = {
         let params = params.clone();
@@ -190,19 +216,11 @@ async fn run_job(
     }
     let images = generation
         .await
-        .map_err(|e| fail(Failure::Crashed, e.to_string()))?
+        .map_err(|e| fail(RunFailure::Crashed, CRASHED, e.to_string()))?
         .map_err(diffusion_failure)?;
-    let generate_ms = elapsed_ms(phase);
-    emit(
-        out,
-        &Line::Phase {
-            phase: Phase::Generate,
-            ms: generate_ms,
-            detail: None,
-        },
-    );
+    let generate_ms = generate.end(out, None);
 
-    let phase = Instant::now();
+    let upload = PhaseClock::start(out, RunPhase::Upload);
     let now = SystemTime::now();
     let mut uploaded = Vec::with_capacity(images.len());
     for (n, picture) in images.iter().enumerate() {
@@ -220,8 +238,15 @@ async fn run_job(
             height: picture.height,
             model: model_id.clone(),
         };
-        let png = encode_png(picture.width, picture.height, &picture.pixels, &parameters)
-            .map_err(|e| fail(Failure::Crashed, format!("Encoding the PNG failed: {e}")))?;
+        let png = encode_png(picture.width, picture.height, &picture.pixels, &parameters).map_err(
+            |e| {
+                fail(
+                    RunFailure::Crashed,
+                    CRASHED,
+                    format!("encoding the PNG: {e}"),
+                )
+            },
+        )?;
         let key = image_key(&config.output_prefix, now, job_id.as_str(), n);
         let bytes = png.len() as u64;
         storage
@@ -237,15 +262,7 @@ async fn run_job(
             bytes,
         });
     }
-    let upload_ms = elapsed_ms(phase);
-    emit(
-        out,
-        &Line::Phase {
-            phase: Phase::Upload,
-            ms: upload_ms,
-            detail: None,
-        },
-    );
+    let upload_ms = upload.end(out, None);
     Ok(RunResult {
         job_id: job_id.to_string(),
         model: model_id,
@@ -261,65 +278,36 @@ async fn run_job(
     })
 }
 
-/// The job's parameters with the model's defaults filled in, checked against the model's limits.
-pub fn resolve(job: &JobRequest, manifest: &ModelManifest) -> Result<GenerateParams, RunError> {
-    let defaults = &manifest.defaults;
-    let limits = &manifest.limits;
-    let (width, height) = (
-        job.width.unwrap_or(defaults.width),
-        job.height.unwrap_or(defaults.height),
-    );
-    if width > limits.max_width || height > limits.max_height {
-        return Err(fail(
-            Failure::BadRequest,
-            format!(
-                "{width}x{height} is larger than {} allows ({}x{} at most).",
-                manifest.id, limits.max_width, limits.max_height
-            ),
-        ));
-    }
-    if job.count > limits.max_images {
-        return Err(fail(
-            Failure::BadRequest,
-            format!(
-                "{} draws at most {} images per request.",
-                manifest.id, limits.max_images
-            ),
-        ));
-    }
-    Ok(GenerateParams {
-        prompt: job.prompt.clone(),
-        negative_prompt: job.negative_prompt.clone(),
-        width,
-        height,
-        steps: job.steps.unwrap_or(defaults.steps),
-        guidance: job.guidance.unwrap_or(defaults.guidance),
-        // No seed asked for: pick one and report it, so the image can be made again.
-        seed: job.seed.unwrap_or_else(|| fastrand::u64(..)),
-        count: job.count,
-    })
-}
+const CRASHED: &str = "The image generator crashed.";
+const DAMAGED_WEIGHTS: &str =
+    "The model's files are missing or damaged; an operator must import it again.";
 
 fn storage_failure(error: &StorageError) -> RunError {
     match error {
-        StorageError::Local { .. } => fail(Failure::Crashed, error.to_string()),
+        StorageError::Local { .. } => fail(RunFailure::Crashed, CRASHED, error.to_string()),
         _ => fail(
-            Failure::StorageUnavailable,
-            format!("Storage is unavailable right now: {error}"),
+            RunFailure::StorageUnavailable,
+            "Image storage is unavailable right now.",
+            error.to_string(),
         ),
     }
 }
 
 fn diffusion_failure(error: DiffusionError) -> RunError {
-    let failure = match &error {
+    let detail = error.to_string();
+    match &error {
         DiffusionError::MissingWeights { .. } | DiffusionError::CorruptWeights { .. } => {
-            Failure::WeightsCorrupt
+            fail(RunFailure::WeightsCorrupt, DAMAGED_WEIGHTS, detail)
         }
-        DiffusionError::OutOfMemory(_) => Failure::OutOfMemory,
-        DiffusionError::BadParams(_) => Failure::BadRequest,
-        DiffusionError::Other(_) => Failure::Crashed,
-    };
-    fail(failure, error.to_string())
+        DiffusionError::OutOfMemory(_) => fail(
+            RunFailure::OutOfMemory,
+            "The image generator ran out of memory: try a smaller size or fewer images.",
+            detail,
+        ),
+        // The pipeline's own checks of the parameters: worded for the person already.
+        DiffusionError::BadParams(_) => fail(RunFailure::BadRequest, detail, ""),
+        DiffusionError::Other(_) => fail(RunFailure::Crashed, CRASHED, detail),
+    }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -13,21 +13,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ducks_queue::{
-    EventReader, JobId, JobRequest, Origin, Queue, QueueConfig, RedisTarget, Submitted,
-};
-use ducks_runner::storage::{S3Config, Storage};
+use ducks_contract::{JobId, JobRequest, Origin};
+use ducks_models::{S3Config, Storage};
+use ducks_queue::{EventReader, Queue, QueueConfig, RedisTarget, Submitted};
 use ducks_tests::{KubeApi, PodBehaviour, RedisServer, S3Server, tiny_bucket};
 use ducks_worker::kube::classify::{Observed, Seen, classify};
 use ducks_worker::kube::{KubeConfig, KubeLauncher, spec};
 use ducks_worker::{
-    JobFailure, Launch, LaunchError, LaunchSpec, Launcher, Outcome, Update, Worker, WorkerConfig,
+    JobFailure, Launch, LaunchError, LaunchSpec, Launcher, Outcome, RunningWorker, Update,
+    WorkerConfig,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 const JOBS: usize = 1_000;
 const IN_FLIGHT: usize = 100;
@@ -117,7 +117,7 @@ impl Launcher for NaiveLauncher {
 
 fn lost(why: &str) -> Outcome {
     Outcome::Failed(JobFailure::new(
-        ducks_queue::FailureCode::Internal,
+        ducks_contract::FailureCode::Internal,
         why,
         true,
     ))
@@ -222,8 +222,7 @@ struct Stage {
 
 async fn stage() -> Stage {
     let redis = RedisServer::start().await;
-    let model = tempfile::tempdir().unwrap();
-    let (s3, s3_config, storage) = tiny_bucket(model.path()).await;
+    let (s3, s3_config, storage) = tiny_bucket().await;
     storage
         .put(IMAGE_KEY, b"png".to_vec(), "image/png", HashMap::new())
         .await
@@ -286,43 +285,39 @@ fn round(
         kubernetes: kube_config.clone(),
         ..WorkerConfig::default()
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let metrics = std::sync::Mutex::new(None);
-    let worker_task = {
-        let _in_worker_runtime = worker_rt.enter();
+    let config = WorkerConfig {
+        name: "bench".into(),
+        ..config
+    };
+    // The worker runs on a runtime of its own, so the driver's load does not slow it.
+    let worker = {
         let client = api.client();
         let worker_queue = worker_rt
             .block_on(Queue::connect(target.clone(), queue_config.clone()))
             .unwrap();
         let storage = stage.storage.clone();
-        match which {
-            Which::Ducks => {
+        let started = match which {
+            Which::Ducks => worker_rt.block_on(async {
                 let launcher = KubeLauncher::start(
                     client,
                     kube_config,
                     stage.s3_config.clone(),
                     "images".into(),
                 );
-                assert!(worker_rt.block_on(launcher.synced(Duration::from_secs(10))));
-                let worker = Worker::new(worker_queue, storage, launcher, config, "bench");
-                *metrics.lock().unwrap() = Some(worker.metrics());
-                worker_rt.spawn(worker.run(async {
-                    let _ = stopped.await;
-                }))
-            }
-            Which::Naive => {
+                assert!(launcher.synced(Duration::from_secs(10)).await);
+                RunningWorker::with_launcher(worker_queue, storage, launcher, config).await
+            }),
+            Which::Naive => worker_rt.block_on(async {
                 let launcher = NaiveLauncher {
                     jobs: Api::namespaced(client.clone(), NS),
                     pods: Api::namespaced(client, NS),
                     config: kube_config,
                     s3: stage.s3_config.clone(),
                 };
-                let worker = Worker::new(worker_queue, storage, launcher, config, "bench");
-                worker_rt.spawn(worker.run(async {
-                    let _ = stopped.await;
-                }))
-            }
-        }
+                RunningWorker::with_launcher(worker_queue, storage, launcher, config).await
+            }),
+        };
+        started.unwrap()
     };
 
     let report = driver.block_on(async {
@@ -372,7 +367,7 @@ fn round(
             let now = Instant::now();
             for entry in &entries {
                 if let Ok(event) = &entry.event
-                    && matches!(event.kind, ducks_queue::EventKind::Starting { .. })
+                    && matches!(event.kind, ducks_contract::EventKind::Starting { .. })
                     && !taken.contains_key(&event.job_id)
                     && let Some(at) = submitted.get(&event.job_id)
                 {
@@ -387,7 +382,7 @@ fn round(
                     if let Some(started) = taken.remove(&event.job_id) {
                         start_to_end.push((now - started).as_secs_f64() * 1000.0);
                     }
-                    if matches!(event.kind, ducks_queue::EventKind::Succeeded { .. }) {
+                    if matches!(event.kind, ducks_contract::EventKind::Succeeded { .. }) {
                         succeeded += 1;
                     }
                 }
@@ -430,16 +425,12 @@ fn round(
             succeeded,
         }
     });
-    let _ = stop.send(());
-    worker_rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(60), worker_task).await })
+    let metrics = worker_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), worker.stop()).await })
         .expect("the worker stops")
-        .unwrap()
         .unwrap();
     worker_rt.shutdown_timeout(Duration::from_secs(5));
-    if let Some(metrics) = metrics.lock().unwrap().as_ref()
-        && std::env::var_os("BENCH_DEBUG").is_some()
-    {
+    if std::env::var_os("BENCH_DEBUG").is_some() {
         for line in metrics
             .render()
             .lines()

@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ducks_queue::{
-    Consumer, EventKind, JobId, JobRequest, Origin, Queue, QueueConfig, RedisTarget, Timings,
-};
+use ducks_contract::{EventKind, JobId, JobRequest, Origin, Timings};
+use ducks_queue::{Consumer, Queue, QueueConfig, RedisTarget};
 use ducks_tests::RedisServer;
 use futures_util::future::join_all;
 use tokio::sync::Semaphore;
@@ -51,7 +50,7 @@ fn config() -> QueueConfig {
 /// A job whose encoded message is about `PAYLOAD_BYTES` long.
 fn job(i: usize) -> JobRequest {
     let mut job = JobRequest::new(format!("{i:08} "), Origin::Api { client: None });
-    let base = ducks_queue::wire::encode(&job).len();
+    let base = ducks_contract::wire::encode(&job).len();
     job.prompt
         .push_str(&"d".repeat(PAYLOAD_BYTES.saturating_sub(base + 60)));
     job

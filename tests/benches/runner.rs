@@ -7,11 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use ducks_queue::{JobId, JobRequest, Origin, Redacted, wire};
-use ducks_runner::diffusion::{self, Family, GenerateParams, ModelFiles, Pipeline};
-use ducks_runner::import::{ImportSpec, import_folder};
-use ducks_runner::storage::{S3Config, Storage};
-use ducks_tests::{S3Server, ducks_binary};
+use ducks_contract::{GenerateParams, JobId, RunnerJob, wire};
+use ducks_models::{S3Config, Storage};
+use ducks_runner::diffusion::{self, Family, ModelFiles, Pipeline};
+use ducks_tests::{BUCKET, S3Server, ducks_binary, tiny_bucket};
 
 const ROUNDS: usize = 3;
 
@@ -24,7 +23,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn seconds_per_image(pipeline: &Pipeline, side: u32, steps: u32) -> f64 {
     let times = (0..ROUNDS)
         .map(|round| {
-            let mut params = GenerateParams::defaults(Family::Tiny, "a rubber duck in space");
+            let mut params = diffusion::default_params(Family::Tiny, "a rubber duck in space");
             (params.width, params.height, params.steps, params.seed) =
                 (side, side, steps, round as u64);
             let started = Instant::now();
@@ -39,10 +38,16 @@ fn seconds_per_image(pipeline: &Pipeline, side: u32, steps: u32) -> f64 {
 
 /// Milliseconds from starting `ducks runner` to its first progress line.
 fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
-    let mut job = JobRequest::new("a rubber duck in space", Origin::Cli);
-    job.id = Some(JobId::generate());
-    job.model = Some("tiny-sd".into());
-    (job.width, job.height, job.steps) = (Some(64), Some(64), Some(2));
+    let job = RunnerJob {
+        job_id: JobId::generate(),
+        model: "tiny-sd".into(),
+        params: GenerateParams {
+            width: 64,
+            height: 64,
+            steps: 2,
+            ..diffusion::default_params(Family::Tiny, "a rubber duck in space")
+        },
+    };
     let started = Instant::now();
     let mut child = Command::new(ducks_binary())
         .arg("runner")
@@ -55,7 +60,7 @@ fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
         .env("DUCKS_S3__ENDPOINT", &s3.endpoint)
         .env("DUCKS_S3__BUCKET", &s3.bucket)
         .env("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id)
-        .env("DUCKS_S3__SECRET_ACCESS_KEY", &s3.secret_access_key.0)
+        .env("DUCKS_S3__SECRET_ACCESS_KEY", s3.secret_access_key.expose())
         .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -100,27 +105,9 @@ async fn main() {
         );
     }
 
-    let server = S3Server::start().await;
-    server.create_bucket("ducks").await;
-    let s3 = S3Config {
-        endpoint: server.endpoint(),
-        bucket: "ducks".into(),
-        access_key_id: server.access_key().into(),
-        secret_access_key: Redacted(server.secret_key().into()),
-        force_path_style: true,
-        ..S3Config::default()
-    };
-    let storage = Storage::connect(&s3).await;
-    let spec = ImportSpec {
-        id: "tiny-sd".into(),
-        family: Family::Tiny,
-        name: None,
-        description: None,
-        tags: vec![],
-    };
-    import_folder(&storage, &model_dir, spec)
-        .await
-        .expect("import tiny-sd");
+    // The bucket and tiny-sd in it, seeded as `ducks dev` seeds it.
+    let (_server, s3, _storage): (S3Server, S3Config, Storage) = tiny_bucket().await;
+    assert_eq!(s3.bucket, BUCKET);
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let cache = scratch.path().join(format!("cache-{round}"));

@@ -9,15 +9,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ducks_queue::{
-    EventReader, JobId, JobRequest, Origin, Queue, QueueConfig, RedisTarget, Submitted,
-};
-use ducks_runner::contract::{Image, RunResult, RunTimings};
+use ducks_contract::{Image, RunResult, RunTimings};
+use ducks_contract::{JobId, JobRequest, Origin};
+use ducks_queue::{EventReader, Queue, QueueConfig, RedisTarget, Submitted};
 use ducks_tests::{RedisServer, tiny_bucket};
 use ducks_worker::{
-    Launch, LaunchError, LaunchSpec, Launcher, Outcome, Update, Worker, WorkerConfig,
+    Launch, LaunchError, LaunchSpec, Launcher, Outcome, RunningWorker, Update, WorkerConfig,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 const JOBS: usize = 1_000;
 const IN_FLIGHT: usize = 500;
@@ -49,7 +48,7 @@ impl Launcher for InstantLauncher {
         let (tx, rx) = mpsc::channel(1);
         let result = Update::Finished(Outcome::Succeeded(RunResult {
             job_id: spec.job_id.to_string(),
-            model: spec.model.clone(),
+            model: spec.job.model.clone(),
             images: vec![Image {
                 key: IMAGE_KEY.into(),
                 width: 64,
@@ -146,8 +145,7 @@ impl Ends {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let redis = RedisServer::start().await;
-    let model = tempfile::tempdir().unwrap();
-    let (_s3, _, storage) = tiny_bucket(model.path()).await;
+    let (_s3, _, storage) = tiny_bucket().await;
     storage
         .put(IMAGE_KEY, b"png".to_vec(), "image/png", HashMap::new())
         .await
@@ -170,11 +168,13 @@ async fn main() {
         ..WorkerConfig::default()
     };
     let worker_queue = Queue::connect(target, queue_config).await.unwrap();
-    let worker = Worker::new(worker_queue, storage, launcher.clone(), config, "bench");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let config = WorkerConfig {
+        name: "bench".into(),
+        ..config
+    };
+    let worker = RunningWorker::with_launcher(worker_queue, storage, launcher.clone(), config)
+        .await
+        .unwrap();
 
     let mut ends = Ends {
         reader: EventReader::new(&queue, "cli", "bench", "bench")
@@ -222,8 +222,7 @@ async fn main() {
     for id in &held {
         ends.of(id).await;
     }
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
 
     println!(
         "worker overhead, {JOBS} jobs one after another ({:.0} jobs/s end to end)",

@@ -13,7 +13,7 @@
 //! - [`RedisCluster`] owns N cluster-mode masters joined with
 //!   `redis-cli --cluster create`.
 //! - [`S3Server`] is the embedded S3-protocol server (s3s-fs, SigV4) that
-//!   counts requests and can be stopped.
+//!   counts requests, holds chosen ones at a [`Gate`], and can be stopped.
 //! - [`KubeApi`] is a local Kubernetes API server speaking the real REST and
 //!   watch protocol, with a Job controller and a kubelet that can run the
 //!   real runner, for the production `kube` client to talk to unchanged.
@@ -32,5 +32,5 @@ mod support;
 pub use self::kube::{KubeApi, KubeFault, Kubelet, PodBehaviour, Timing};
 pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
-pub use s3::{BUCKET, PlainHttpResponse, S3Server, http_get, tiny_bucket};
+pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};

@@ -16,22 +16,28 @@
 //! - Every request is counted by method and object key before s3s sees it
 //!   ([`S3Server::requests`]), so tests can assert how often weights were
 //!   downloaded.
+//! - [`S3Server::gate`] holds matching requests until the test opens the
+//!   gate, so a runner can be stopped at a known point of its run (fetching
+//!   a weight file, uploading its image) for exactly as long as a test needs
+//!   to disrupt something around it.
 //! - [`S3Server::stop`] closes the listener and every open connection: the
 //!   endpoint then refuses connections ("S3 is down").
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use ducks_runner::diffusion;
-use ducks_runner::embedded_s3;
-use ducks_runner::import::{ImportSpec, import_folder};
-use ducks_runner::storage::{S3Config, Storage};
+use ducks_contract::Secret;
+use ducks_models::embedded_s3;
+use ducks_models::{S3Config, Storage};
 
 use crate::support::percent_decode;
 use hyper::body::Incoming;
@@ -40,7 +46,7 @@ use s3s::service::S3Service;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Fixed test credentials. SigV4 is checked for real, so a client with any
@@ -63,6 +69,65 @@ const CLIENT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests seen so far, by (HTTP method, object key).
 type Counts = Arc<Mutex<HashMap<(String, String), usize>>>;
 
+/// The gates requests must pass, in the order they were made.
+type Gates = Arc<Mutex<Vec<GateState>>>;
+
+/// One gate: requests with `method` on keys starting with `prefix` wait until it opens.
+struct GateState {
+    method: String,
+    prefix: String,
+    open: watch::Receiver<bool>,
+    /// Requests waiting at the gate now.
+    held: Arc<AtomicUsize>,
+    /// Requests that have arrived at the gate, ever.
+    arrived: Arc<AtomicUsize>,
+}
+
+/// A closed gate on some requests of an [`S3Server`]; see [`S3Server::gate`]. Dropping it opens
+/// it, so a failing test never leaves requests hanging.
+pub struct Gate {
+    open: watch::Sender<bool>,
+    held: Arc<AtomicUsize>,
+    arrived: Arc<AtomicUsize>,
+    what: String,
+}
+
+impl Gate {
+    /// Lets every held request, and every later one, through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Requests waiting at the gate now. One whose client went away is no longer held.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests are waiting at the gate.
+    ///
+    /// # Panics
+    /// After `limit`, naming the gate.
+    pub async fn wait_held(&self, n: usize, limit: Duration) {
+        let started = tokio::time::Instant::now();
+        while self.held() < n {
+            assert!(
+                started.elapsed() < limit,
+                "{} of {n} requests at the gate for {} within {limit:?} ({} arrived in all)",
+                self.held(),
+                self.what,
+                self.arrived.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
 /// A running (or stopped) embedded S3 server.
 ///
 /// Dropping it aborts the server task, which closes the listener and every
@@ -72,6 +137,7 @@ pub struct S3Server {
     /// Canonical path of `dir` (s3s-fs canonicalizes its root too).
     root: PathBuf,
     counts: Counts,
+    gates: Gates,
     /// `None` once [`S3Server::stop`] ran.
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -108,10 +174,12 @@ impl S3Server {
             .canonicalize()
             .expect("canonicalize the S3 server's folder");
         let counts = Counts::default();
+        let gates = Gates::default();
         let service = Counting {
             inner: embedded_s3::service(&root, ACCESS_KEY, SECRET_KEY)
                 .expect("open the folder as an s3s-fs root"),
             counts: Arc::clone(&counts),
+            gates: Arc::clone(&gates),
         };
 
         let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -130,6 +198,7 @@ impl S3Server {
             addr,
             root,
             counts,
+            gates,
             shutdown: Some(shutdown),
             task: Some(task),
             _dir: dir,
@@ -243,6 +312,28 @@ impl S3Server {
         lock(&self.counts).clear();
     }
 
+    /// Closes a gate: from now on, requests with HTTP method `method` on a key starting with
+    /// `key_prefix` wait (counted, but not yet handled) until [`Gate::open`] or the gate is
+    /// dropped.
+    pub fn gate(&self, method: &str, key_prefix: &str) -> Gate {
+        let (open, open_rx) = watch::channel(false);
+        let held = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        lock(&self.gates).push(GateState {
+            method: method.to_ascii_uppercase(),
+            prefix: key_prefix.to_owned(),
+            open: open_rx,
+            held: Arc::clone(&held),
+            arrived: Arc::clone(&arrived),
+        });
+        Gate {
+            open,
+            held,
+            arrived,
+            what: format!("{method} {key_prefix}"),
+        }
+    }
+
     /// Stops accepting, closes the listener and every open connection, and
     /// waits until all of that happened: from then on the endpoint refuses
     /// connections. Stored objects stay in [`S3Server::root`]. Calling it
@@ -280,25 +371,59 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The s3s service with a request counter in front of it.
+/// The s3s service with a request counter and the gates in front of it.
 #[derive(Clone)]
 struct Counting {
     inner: S3Service,
     counts: Counts,
+    gates: Gates,
 }
 
+type S3Response = <S3Service as Service<hyper::Request<Incoming>>>::Response;
+type S3Error = <S3Service as Service<hyper::Request<Incoming>>>::Error;
+
 impl Service<hyper::Request<Incoming>> for Counting {
-    type Response = <S3Service as Service<hyper::Request<Incoming>>>::Response;
-    type Error = <S3Service as Service<hyper::Request<Incoming>>>::Error;
-    type Future = <S3Service as Service<hyper::Request<Incoming>>>::Future;
+    type Response = S3Response;
+    type Error = S3Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S3Response, S3Error>> + Send>>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let mut waits = Vec::new();
         if let Some(key) = object_key(req.uri().path()) {
-            *lock(&self.counts)
-                .entry((req.method().as_str().to_owned(), key))
-                .or_default() += 1;
+            let method = req.method().as_str().to_owned();
+            for gate in lock(&self.gates).iter() {
+                if gate.method == method && key.starts_with(&gate.prefix) {
+                    gate.arrived.fetch_add(1, Ordering::SeqCst);
+                    waits.push((gate.open.clone(), Arc::clone(&gate.held)));
+                }
+            }
+            *lock(&self.counts).entry((method, key)).or_default() += 1;
         }
-        Service::call(&self.inner, req)
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            for (mut open, held) in waits {
+                // Counted while waiting only: a client that goes away drops this future.
+                let _held = HeldCount::new(held);
+                let _ = open.wait_for(|open| *open).await;
+            }
+            Service::call(&inner, req).await
+        })
+    }
+}
+
+/// One request waiting at a gate, for as long as it waits.
+struct HeldCount(Arc<AtomicUsize>);
+
+impl HeldCount {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for HeldCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -435,9 +560,9 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 /// The bucket every test world and benchmark uses.
 pub const BUCKET: &str = "ducks";
 
-/// An S3 server with the bucket and tiny-sd in it (its files made under `scratch`), the client
+/// An S3 server with the bucket and tiny-sd in it, seeded the way `ducks dev` seeds it, the client
 /// settings for it, and a storage client.
-pub async fn tiny_bucket(scratch: &Path) -> (S3Server, S3Config, Storage) {
+pub async fn tiny_bucket() -> (S3Server, S3Config, Storage) {
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET).await;
     let config = S3Config {
@@ -445,20 +570,13 @@ pub async fn tiny_bucket(scratch: &Path) -> (S3Server, S3Config, Storage) {
         region: s3.region().into(),
         bucket: BUCKET.into(),
         access_key_id: s3.access_key().into(),
-        secret_access_key: ducks_queue::Redacted(s3.secret_key().into()),
+        secret_access_key: Secret::new(s3.secret_key()),
         force_path_style: true,
     };
     let storage = Storage::connect(&config).await;
-    let model_dir = scratch.join("tiny-model");
-    diffusion::create_tiny(&model_dir).unwrap();
-    let spec = ImportSpec {
-        id: "tiny-sd".into(),
-        family: diffusion::Family::Tiny,
-        name: None,
-        description: Some("Random weights: draws noise.".into()),
-        tags: vec![],
-    };
-    import_folder(&storage, &model_dir, spec).await.unwrap();
+    ducks_runner::tiny::ensure(&storage)
+        .await
+        .expect("tiny-sd seeds into the test bucket");
     (s3, config, storage)
 }
 

@@ -12,14 +12,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::catalogue::Catalogue;
+use ducks_models::ManifestIndex;
+
 use crate::metrics::Metrics;
 
 /// What the probes look at.
 #[derive(Clone)]
 pub struct Probe {
     pub metrics: Arc<Metrics>,
-    pub catalogue: Catalogue,
+    pub catalogue: ManifestIndex,
     /// Whether the last read from the queue succeeded.
     pub queue_ok: Arc<AtomicBool>,
 }

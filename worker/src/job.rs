@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ducks_queue::consumer::Failure as Finish;
-use ducks_queue::queue::now_ms;
-use ducks_queue::{Completion, Delivery, EventKind, FailureCode, ImageRef, Signal, Timings};
-use ducks_runner::contract::{Line, RunResult};
-use ducks_runner::run::resolve;
-use ducks_runner::storage::Storage;
+use ducks_contract::{
+    EventKind, FailureCode, ImageRef, JobPhase, Line, RunResult, RunnerJob, Timings,
+    unknown_model_message,
+};
+use ducks_models::params::resolve;
+use ducks_models::{Lookup, ManifestIndex, Storage};
+use ducks_queue::{Completion, Delivery, FailResult, Signal, now_ms};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::catalogue::{Catalogue, Lookup};
 use crate::config::WorkerConfig;
 use crate::launcher::{LaunchError, LaunchSpec, Launcher, Update};
 use crate::links::Links;
@@ -26,7 +26,7 @@ pub struct Context<L> {
     pub storage: Storage,
     pub launcher: L,
     pub config: WorkerConfig,
-    pub catalogue: Catalogue,
+    pub catalogue: ManifestIndex,
     pub metrics: Arc<Metrics>,
     pub links: Links,
 }
@@ -105,14 +105,13 @@ impl<L: Launcher> Job<L> {
                     .await;
             }
             Err(e) => {
-                let message = format!("The model catalogue cannot be read right now ({e}).");
-                return self
-                    .reject(JobFailure::new(
-                        FailureCode::StorageUnavailable,
-                        message,
-                        true,
-                    ))
-                    .await;
+                let failure = JobFailure::new(
+                    FailureCode::StorageUnavailable,
+                    "The model catalogue cannot be read right now.",
+                    true,
+                )
+                .with_detail(e.to_string());
+                return self.reject(failure).await;
             }
         };
         let params = match resolve(&self.delivery.job, &manifest) {
@@ -121,7 +120,7 @@ impl<L: Launcher> Job<L> {
                 return self
                     .reject(JobFailure::new(
                         FailureCode::InvalidRequest,
-                        e.message,
+                        e.to_string(),
                         false,
                     ))
                     .await;
@@ -139,27 +138,34 @@ impl<L: Launcher> Job<L> {
         job.seed = Some(params.seed);
         self.delivery.settle(job.clone());
         let compute = compute_for(&manifest, &params);
-        let spec = LaunchSpec {
-            job_id: self.delivery.id.clone(),
-            job,
-            model: manifest.id.clone(),
-            compute: compute.clone(),
-            timeout: ctx.config.job_timeout(),
-        };
         let starting = format!(
             "Starting {} for {}x{}.",
             manifest.id, params.width, params.height
         );
-        match self
-            .delivery
-            .publish(EventKind::Starting { message: starting })
-            .await
-        {
+        let spec = LaunchSpec {
+            job_id: self.delivery.id.clone(),
+            job: RunnerJob {
+                job_id: self.delivery.id.clone(),
+                model: manifest.id.clone(),
+                params,
+            },
+            compute: compute.clone(),
+            timeout: ctx.config.job_timeout(),
+        };
+        let starting = EventKind::Starting {
+            phase: JobPhase::Launching,
+            message: starting,
+        };
+        // Nothing is launched until the queue has recorded that this worker starts the job.
+        match self.delivery.publish(starting).await {
             Ok(Signal::CancelRequested) => return self.cancel_before_launch().await,
             // Another worker holds the job now: it launches (or adopts), not this one.
             Ok(Signal::Lost) => return,
             Ok(Signal::Running) => {}
-            Err(e) => warn!(message = "Could not publish that the job is starting.", error = %e),
+            Err(e) => {
+                warn!(message = "Could not record that the job is starting; it comes back after its lease.", error = %e);
+                return;
+            }
         }
 
         let launched = Instant::now();
@@ -185,7 +191,7 @@ impl<L: Launcher> Job<L> {
             }
         };
         ctx.metrics.count_launch(launch.adopted);
-        info!(message = "Launched a runner.", model = %manifest.id, adopted = launch.adopted, gpus = compute.gpus);
+        info!(message = "Launched a runner.", model = %spec.job.model, adopted = launch.adopted, gpus = compute.gpus);
 
         let followed = self.follow(launch.updates).await;
         let held = launched.elapsed();
@@ -318,9 +324,16 @@ impl<L: Launcher> Job<L> {
                         true,
                     )));
                 }
-                Some(Update::Waiting(message)) => {
-                    self.publish(EventKind::Starting { message }, &mut stopping)
+                Some(Update::Waiting { phase, message }) => {
+                    self.publish(EventKind::Starting { phase, message }, &mut stopping)
                         .await;
+                }
+                Some(Update::Line(Line::PhaseStarted { phase })) if stopping.is_none() => {
+                    let starting = EventKind::Starting {
+                        phase: phase.job_phase(),
+                        message: phase.message().to_owned(),
+                    };
+                    self.publish(starting, &mut stopping).await;
                 }
                 Some(Update::Line(Line::Progress { step, total })) => {
                     let due = last_progress
@@ -416,21 +429,21 @@ impl<L: Launcher> Job<L> {
     /// job's end is written).
     async fn fail(self, failure: JobFailure) -> bool {
         let code = failure.code.as_str();
-        info!(message = "The job failed.", code, retryable = failure.retryable, reason = %failure.message);
+        info!(message = "The job failed.", code, retryable = failure.retryable, reason = %failure.message, detail = %failure.detail);
         match self
             .delivery
             .fail(failure.code, failure.message, failure.retryable)
             .await
         {
-            Ok(Finish::Retrying { .. }) => {
+            Ok(FailResult::Retrying { .. }) => {
                 self.ctx.metrics.count_job("retrying", code);
                 true
             }
-            Ok(Finish::Failed(done)) => {
+            Ok(FailResult::Failed(done)) => {
                 self.ctx.metrics.count_job("failed", code);
                 done != Completion::Lost
             }
-            Ok(Finish::Cancelled(done)) => {
+            Ok(FailResult::Cancelled(done)) => {
                 self.ctx.metrics.count_job("cancelled", "");
                 done != Completion::Lost
             }
@@ -445,20 +458,8 @@ impl<L: Launcher> Job<L> {
 fn storage_failure(detail: &str) -> JobFailure {
     JobFailure::new(
         FailureCode::StorageUnavailable,
-        format!("Image storage is unavailable right now ({detail})."),
+        "Image storage is unavailable right now.",
         true,
     )
-}
-
-/// The message for a model that is not in the catalogue, listing the ones that are.
-pub fn unknown_model_message(requested: Option<&str>, available: &[String]) -> String {
-    let list = if available.is_empty() {
-        "none yet: an operator must import one".to_owned()
-    } else {
-        available.join(", ")
-    };
-    match requested {
-        Some(model) => format!("There is no model `{model}`. Available models: {list}."),
-        None => format!("Choose a model: no default is set. Available models: {list}."),
-    }
+    .with_detail(detail)
 }

@@ -5,9 +5,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use ducks_queue::{JobId, JobRequest, wire};
-use ducks_runner::contract::Line;
-use ducks_runner::storage::S3Config;
+use ducks_contract::{JobId, JobPhase, Line, RunnerJob, wire};
+use ducks_models::S3Config;
 use tokio::sync::mpsc;
 
 use crate::outcome::Outcome;
@@ -17,9 +16,9 @@ use crate::sizing::Compute;
 #[derive(Clone, Debug)]
 pub struct LaunchSpec {
     pub job_id: JobId,
-    /// The request with the model and seed settled, so a retry draws the same image.
-    pub job: JobRequest,
-    pub model: String,
+    /// What the runner draws: the model and every parameter settled, so a retry or an adopted
+    /// runner draws the same image. No origin, so no credential of the requester's.
+    pub job: RunnerJob,
     pub compute: Compute,
     /// The attempt fails as deadline exceeded after this long.
     pub timeout: Duration,
@@ -29,7 +28,10 @@ pub struct LaunchSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
     /// Not running yet, and why (waiting for a GPU, pulling the image).
-    Waiting(String),
+    Waiting {
+        phase: JobPhase,
+        message: String,
+    },
     /// A line the runner printed (phases and progress).
     Line(Line),
     Finished(Outcome),
@@ -80,11 +82,10 @@ pub struct RunnerPaths<'a> {
     pub termination_log: &'a str,
 }
 
-/// The runner's environment for one job: the job, the model, S3, and where to put things.
+/// The runner's environment for one job: the job, S3, and where to put things.
 pub fn runner_env(spec: &LaunchSpec, s3: &S3Config, paths: &RunnerPaths) -> Vec<(String, String)> {
     let mut env = vec![
         ("DUCKS_RUNNER__JOB", wire::encode(&spec.job)),
-        ("DUCKS_RUNNER__MODEL", spec.model.clone()),
         ("DUCKS_RUNNER__CACHE_DIR", paths.cache_dir.to_owned()),
         (
             "DUCKS_RUNNER__OUTPUT_PREFIX",
@@ -104,12 +105,12 @@ pub fn runner_env(spec: &LaunchSpec, s3: &S3Config, paths: &RunnerPaths) -> Vec<
     ];
     // Empty keys are left out so the runner falls back to the standard AWS chain (IRSA, profile).
     for (key, value) in [
-        ("DUCKS_S3__ENDPOINT", &s3.endpoint),
-        ("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id),
-        ("DUCKS_S3__SECRET_ACCESS_KEY", &s3.secret_access_key.0),
+        ("DUCKS_S3__ENDPOINT", s3.endpoint.as_str()),
+        ("DUCKS_S3__ACCESS_KEY_ID", s3.access_key_id.as_str()),
+        ("DUCKS_S3__SECRET_ACCESS_KEY", s3.secret_access_key.expose()),
     ] {
         if !value.is_empty() {
-            env.push((key, value.clone()));
+            env.push((key, value.to_owned()));
         }
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ducks_runner::storage::{Storage, StorageError};
+use ducks_models::{Storage, StorageError};
 
 use crate::config::LinkConfig;
 

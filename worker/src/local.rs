@@ -17,9 +17,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ducks_queue::JobId;
-use ducks_runner::contract::Line;
-use ducks_runner::storage::S3Config;
+use ducks_contract::{JobId, Line};
+use ducks_models::S3Config;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -500,12 +499,23 @@ mod tests {
         };
         let (a, b) = (launcher(()), launcher(()));
         let id = JobId::generate();
-        let mut job = ducks_queue::JobRequest::new("p", ducks_queue::Origin::Cli);
-        job.id = Some(id.clone());
+        let job = ducks_contract::RunnerJob {
+            job_id: id.clone(),
+            model: "m".into(),
+            params: ducks_contract::GenerateParams {
+                prompt: "p".into(),
+                negative_prompt: String::new(),
+                width: 64,
+                height: 64,
+                steps: 1,
+                guidance: 0.0,
+                seed: 1,
+                count: 1,
+            },
+        };
         let spec = LaunchSpec {
             job_id: id,
             job,
-            model: "m".into(),
             compute: crate::sizing::Compute {
                 gpus: 0,
                 min_gpu_memory_gib: 0,

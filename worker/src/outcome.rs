@@ -1,8 +1,7 @@
 //! How a run ended, and what the person who asked is told: one pure function from the runner's
 //! exit and its last line to an [`Outcome`], shared by every launcher.
 
-use ducks_queue::FailureCode;
-use ducks_runner::contract::{Failure, Line, RunError, RunResult};
+use ducks_contract::{FailureCode, Line, RunError, RunFailure, RunResult};
 
 /// The end of one launch.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,12 +12,14 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// A failed attempt, worded for chat, with whether running it again can help.
+/// A failed attempt: the message for the person who asked (no keys, paths or SDK errors),
+/// the detail for the operator's log, and whether running it again can help.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobFailure {
     pub code: FailureCode,
     pub message: String,
     pub retryable: bool,
+    pub detail: String,
 }
 
 impl JobFailure {
@@ -27,6 +28,15 @@ impl JobFailure {
             code,
             message: message.into(),
             retryable,
+            detail: String::new(),
+        }
+    }
+
+    /// The same failure with what an operator needs to find its cause.
+    pub fn with_detail(self, detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            ..self
         }
     }
 }
@@ -59,7 +69,7 @@ pub fn classify(exit: Exit, last: Option<&Line>) -> Outcome {
             true,
         )),
         (Exit::Code(code), _) => {
-            let failure = Failure::from_exit_code(code).unwrap_or(Failure::Crashed);
+            let failure = RunFailure::from_exit_code(code).unwrap_or(RunFailure::Crashed);
             Outcome::Failed(from_failure(failure, None))
         }
         (Exit::Signal(SIGKILL), _) => Outcome::Failed(JobFailure::new(
@@ -81,28 +91,28 @@ pub fn classify(exit: Exit, last: Option<&Line>) -> Outcome {
 }
 
 fn from_runner(error: &RunError) -> JobFailure {
-    from_failure(error.failure, Some(&error.message))
+    from_failure(error.failure, Some(&error.message)).with_detail(error.detail.clone())
 }
 
-fn from_failure(failure: Failure, message: Option<&str>) -> JobFailure {
+fn from_failure(failure: RunFailure, message: Option<&str>) -> JobFailure {
     let (code, fallback) = match failure {
-        Failure::BadRequest => (
+        RunFailure::BadRequest => (
             FailureCode::InvalidRequest,
             "The request cannot be drawn with this model.",
         ),
-        Failure::WeightsCorrupt => (
+        RunFailure::WeightsCorrupt => (
             FailureCode::WeightsCorrupt,
             "The model's files are missing or damaged; an operator must import it again.",
         ),
-        Failure::OutOfMemory => (
+        RunFailure::OutOfMemory => (
             FailureCode::OutOfMemory,
             "The image generator ran out of memory: try a smaller size or fewer images.",
         ),
-        Failure::StorageUnavailable => (
+        RunFailure::StorageUnavailable => (
             FailureCode::StorageUnavailable,
             "Image storage is unavailable right now.",
         ),
-        Failure::Crashed => (FailureCode::RunnerCrashed, "The image generator crashed."),
+        RunFailure::Crashed => (FailureCode::RunnerCrashed, "The image generator crashed."),
     };
     JobFailure::new(
         code,
@@ -114,7 +124,7 @@ fn from_failure(failure: Failure, message: Option<&str>) -> JobFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ducks_runner::contract::RunTimings;
+    use ducks_contract::RunTimings;
 
     fn result() -> Line {
         Line::Result(RunResult {
@@ -125,70 +135,126 @@ mod tests {
         })
     }
 
-    fn error(failure: Failure) -> Line {
+    fn error(failure: RunFailure) -> Line {
         Line::Error(RunError {
             failure,
             exit_code: failure.exit_code(),
             message: "from the runner".into(),
+            detail: "s3://ducks/models/m/unet.safetensors: dispatch failure".into(),
         })
     }
 
-    /// (exit, last line) → (code, retryable), or `None` for success.
+    /// (exit, last line) → (code, retryable, the message a person reads), or `None` for success.
     #[test]
     fn classification_table() {
         use FailureCode::*;
-        type Expected = Option<(FailureCode, bool)>;
+        type Expected = Option<(FailureCode, bool, &'static str)>;
+        let runner = "from the runner";
         let table: Vec<(Exit, Option<Line>, Expected)> = vec![
             (Exit::Code(0), Some(result()), None),
             (Exit::Unknown, Some(result()), None),
-            (Exit::Code(0), None, Some((RunnerCrashed, true))),
-            (Exit::Code(1), Some(result()), Some((RunnerCrashed, true))),
             (
-                Exit::Code(2),
-                Some(error(Failure::BadRequest)),
-                Some((InvalidRequest, false)),
-            ),
-            (
-                Exit::Code(3),
-                Some(error(Failure::WeightsCorrupt)),
-                Some((WeightsCorrupt, false)),
-            ),
-            (
-                Exit::Code(4),
-                Some(error(Failure::OutOfMemory)),
-                Some((OutOfMemory, false)),
-            ),
-            (
-                Exit::Code(5),
-                Some(error(Failure::StorageUnavailable)),
-                Some((StorageUnavailable, true)),
+                Exit::Code(0),
+                None,
+                Some((
+                    RunnerCrashed,
+                    true,
+                    "The image generator stopped without a result.",
+                )),
             ),
             (
                 Exit::Code(1),
-                Some(error(Failure::Crashed)),
-                Some((RunnerCrashed, true)),
+                Some(result()),
+                Some((RunnerCrashed, true, "The image generator crashed.")),
             ),
-            (Exit::Code(4), None, Some((OutOfMemory, false))),
-            (Exit::Code(5), None, Some((StorageUnavailable, true))),
-            (Exit::Code(101), None, Some((RunnerCrashed, true))),
-            (Exit::Signal(9), None, Some((OutOfMemory, false))),
-            (Exit::Signal(11), None, Some((RunnerCrashed, true))),
-            (Exit::Unknown, None, Some((RunnerCrashed, true))),
+            (
+                Exit::Code(2),
+                Some(error(RunFailure::BadRequest)),
+                Some((InvalidRequest, false, runner)),
+            ),
+            (
+                Exit::Code(3),
+                Some(error(RunFailure::WeightsCorrupt)),
+                Some((WeightsCorrupt, false, runner)),
+            ),
+            (
+                Exit::Code(4),
+                Some(error(RunFailure::OutOfMemory)),
+                Some((OutOfMemory, false, runner)),
+            ),
+            (
+                Exit::Code(5),
+                Some(error(RunFailure::StorageUnavailable)),
+                Some((StorageUnavailable, true, runner)),
+            ),
+            (
+                Exit::Code(1),
+                Some(error(RunFailure::Crashed)),
+                Some((RunnerCrashed, true, runner)),
+            ),
+            (
+                Exit::Code(4),
+                None,
+                Some((
+                    OutOfMemory,
+                    false,
+                    "The image generator ran out of memory: try a smaller size or fewer images.",
+                )),
+            ),
+            (
+                Exit::Code(5),
+                None,
+                Some((
+                    StorageUnavailable,
+                    true,
+                    "Image storage is unavailable right now.",
+                )),
+            ),
+            (
+                Exit::Code(101),
+                None,
+                Some((RunnerCrashed, true, "The image generator crashed.")),
+            ),
+            (
+                Exit::Signal(9),
+                None,
+                Some((
+                    OutOfMemory,
+                    false,
+                    "The image generator was killed, most likely for running out of memory.",
+                )),
+            ),
+            (
+                Exit::Signal(11),
+                None,
+                Some((
+                    RunnerCrashed,
+                    true,
+                    "The image generator crashed (signal 11).",
+                )),
+            ),
             (
                 Exit::Unknown,
-                Some(error(Failure::StorageUnavailable)),
-                Some((StorageUnavailable, true)),
+                None,
+                Some((
+                    RunnerCrashed,
+                    true,
+                    "The image generator disappeared before it finished.",
+                )),
+            ),
+            (
+                Exit::Unknown,
+                Some(error(RunFailure::StorageUnavailable)),
+                Some((StorageUnavailable, true, runner)),
             ),
         ];
         for (exit, last, expect) in table {
             let got = match classify(exit, last.as_ref()) {
                 Outcome::Succeeded(_) => None,
-                Outcome::Failed(f) => {
-                    assert!(!f.message.is_empty());
-                    Some((f.code, f.retryable))
-                }
+                Outcome::Failed(f) => Some((f.code, f.retryable, f.message)),
                 Outcome::Cancelled => panic!("never classified as cancelled"),
             };
+            let expect = expect.map(|(code, retry, message)| (code, retry, message.to_owned()));
             assert_eq!(got, expect, "{exit:?} {last:?}");
         }
     }
@@ -196,10 +262,14 @@ mod tests {
     #[test]
     fn the_runners_own_message_reaches_the_user() {
         let Outcome::Failed(failure) =
-            classify(Exit::Code(3), Some(&error(Failure::WeightsCorrupt)))
+            classify(Exit::Code(3), Some(&error(RunFailure::WeightsCorrupt)))
         else {
             panic!("a failure");
         };
         assert_eq!(failure.message, "from the runner");
+        assert_eq!(
+            failure.detail, "s3://ducks/models/m/unet.safetensors: dispatch failure",
+            "the runner's detail goes to the operator, apart from the message"
+        );
     }
 }

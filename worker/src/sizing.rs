@@ -6,8 +6,8 @@
 //! host memory, rounded up to whole GiB. GPU count, GPU products and CPU stay as the manifest
 //! says: one job is one batch on one device.
 
-use ducks_runner::diffusion::GenerateParams;
-use ducks_runner::manifest::ModelManifest;
+use ducks_contract::GenerateParams;
+use ducks_models::ModelManifest;
 use serde::{Deserialize, Serialize};
 
 /// What a launch asks the cluster (or the machine) for.
@@ -73,9 +73,9 @@ fn memory_gib(quantity: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ducks_runner::diffusion::Family;
-    use ducks_runner::import::default_resources;
-    use ducks_runner::manifest::{Defaults, Limits};
+    use ducks_models::Family;
+    use ducks_models::import::default_resources;
+    use ducks_models::manifest::{Defaults, Limits};
 
     fn manifest(family: Family) -> ModelManifest {
         ModelManifest {
@@ -85,6 +85,7 @@ mod tests {
             description: String::new(),
             family: family.as_str().into(),
             tags: Vec::new(),
+            sizes: Vec::new(),
             files: Vec::new(),
             defaults: Defaults {
                 steps: 1,
@@ -96,6 +97,7 @@ mod tests {
             limits: Limits {
                 max_width: 1024,
                 max_height: 1024,
+                max_steps: 150,
                 max_images: 4,
             },
             resources: default_resources(family),

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ducks_models::Storage;
 use ducks_queue::{Consumer, Queue, QueueError};
-use ducks_runner::storage::Storage;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::catalogue::Catalogue;
+use ducks_models::ManifestIndex;
+
 use crate::config::WorkerConfig;
 use crate::http::Probe;
 use crate::job::{self, Context};
@@ -50,7 +51,7 @@ impl<L: Launcher> Worker<L> {
                 storage,
                 launcher,
                 config,
-                catalogue: Catalogue::default(),
+                catalogue: ManifestIndex::default(),
                 metrics: Arc::new(Metrics::default()),
                 links,
             }),
@@ -62,7 +63,7 @@ impl<L: Launcher> Worker<L> {
         self.ctx.metrics.clone()
     }
 
-    pub fn catalogue(&self) -> Catalogue {
+    pub fn catalogue(&self) -> ManifestIndex {
         self.ctx.catalogue.clone()
     }
 
@@ -82,11 +83,13 @@ impl<L: Launcher> Worker<L> {
         let config = &self.ctx.config;
         let mut consumer = Consumer::new(self.queue.clone(), self.name.clone()).await?;
         // Know the models before the first job; a failure here is retried by the refresher.
-        if let Err(e) = self
-            .ctx
-            .catalogue
-            .sync(&self.ctx.storage, &self.queue, &config.default_model)
-            .await
+        if let Err(e) = sync_catalogue(
+            &self.ctx.catalogue,
+            &self.ctx.storage,
+            &self.queue,
+            &config.default_model,
+        )
+        .await
         {
             warn!(message = "Could not read the model catalogue yet.", error = %e);
         }
@@ -197,14 +200,44 @@ async fn keep_catalogue_fresh<L>(
             _ = tokio::time::sleep(period) => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        if let Err(e) = ctx
-            .catalogue
-            .sync(&ctx.storage, &queue, &ctx.config.default_model)
-            .await
+        if let Err(e) = sync_catalogue(
+            &ctx.catalogue,
+            &ctx.storage,
+            &queue,
+            &ctx.config.default_model,
+        )
+        .await
         {
             warn!(message = "Could not refresh the model catalogue.", error = %e);
         }
     }
+}
+
+/// Refreshes `index` from S3 and, when something changed (here or in an earlier lookup, or a
+/// publish failed), publishes the snapshot front ends read to Redis.
+pub async fn sync_catalogue(
+    index: &ManifestIndex,
+    storage: &Storage,
+    queue: &Queue,
+    default_model: &str,
+) -> Result<(), SyncError> {
+    index.refresh(storage).await?;
+    if index.take_unpublished() {
+        let snapshot = index.snapshot(default_model, ducks_queue::now_ms());
+        if let Err(e) = queue.publish_models(&snapshot).await {
+            index.mark_unpublished();
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Storage(#[from] ducks_models::StorageError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Every `sweep_interval_secs`, stops runners whose job has ended or is no longer in the queue

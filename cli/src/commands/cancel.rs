@@ -1,13 +1,14 @@
 //! `ducks cancel <id>`.
 
-use ducks_queue::{Cancelled, JobId, Queue};
+use ducks_contract::JobId;
+use ducks_queue::{Cancelled, Queue};
 
 #[derive(clap::Args)]
 pub struct Args {
     id: JobId,
 }
 
-pub async fn run(args: Args, queue: &Queue) -> Result<(), super::Error> {
+pub async fn run(args: Args, queue: &Queue) -> Result<(), crate::Error> {
     match queue.cancel(&args.id).await? {
         Cancelled::Cancelled => println!("Cancelled {}.", args.id),
         Cancelled::Requested => println!("{} is running; its worker will stop it.", args.id),

@@ -2,7 +2,7 @@
 
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings) -> Result<(), super::Error> {
+pub fn run(settings: &Settings) -> Result<(), crate::Error> {
     println!("{settings:#?}");
     Ok(())
 }

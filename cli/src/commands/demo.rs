@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use ducks_queue::queue::now_ms;
-use ducks_queue::{JobRequest, Origin, Submitted};
+use ducks_contract::{JobRequest, Origin};
+use ducks_queue::{Submitted, now_ms};
 
 use crate::dev::Stack;
 use crate::follow;
@@ -25,7 +25,7 @@ pub struct Args {
     timeout: u64,
 }
 
-pub async fn run(args: Args, settings: Settings) -> Result<u8, super::Error> {
+pub async fn run(args: Args, settings: Settings) -> Result<u8, crate::Error> {
     eprintln!("Starting Redis, S3 and a worker on this machine…");
     let stack = Stack::start(settings).await?;
     let outcome = run_one(&args, &stack).await;
@@ -35,7 +35,7 @@ pub async fn run(args: Args, settings: Settings) -> Result<u8, super::Error> {
     Ok(code)
 }
 
-async fn run_one(args: &Args, stack: &Stack) -> Result<u8, super::Error> {
+async fn run_one(args: &Args, stack: &Stack) -> Result<u8, crate::Error> {
     let mut request = JobRequest::new(args.prompt.clone(), Origin::Cli);
     request.model = args.model.clone();
     request.seed = args.seed;

@@ -3,7 +3,7 @@
 use crate::dev::Stack;
 use crate::settings::Settings;
 
-pub async fn run(settings: Settings) -> Result<(), super::Error> {
+pub async fn run(settings: Settings) -> Result<(), crate::Error> {
     let stack = Stack::start(settings).await?;
     println!("DUCKS is running on this machine.\n\n{}", stack.describe());
     println!(

@@ -4,18 +4,15 @@ mod cancel;
 mod config;
 mod demo;
 mod dev;
-pub mod models;
+mod models;
 mod runner;
 mod status;
 mod submit;
-pub mod worker;
-
-use ducks_queue::Queue;
+mod worker;
 
 use crate::settings::Settings;
 
-/// What a command can fail with: its message is printed as is.
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::Error;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -45,9 +42,9 @@ pub enum Command {
 /// Runs a command; `Ok` carries the process exit code.
 pub async fn run(command: Command, settings: Settings) -> Result<u8, Error> {
     match command {
-        Command::Submit(args) => return submit::run(args, &connect(&settings).await?).await,
-        Command::Status(args) => status::run(args, &connect(&settings).await?).await?,
-        Command::Cancel(args) => cancel::run(args, &connect(&settings).await?).await?,
+        Command::Submit(args) => return submit::run(args, &settings.connect_queue().await?).await,
+        Command::Status(args) => status::run(args, &settings.connect_queue().await?).await?,
+        Command::Cancel(args) => cancel::run(args, &settings.connect_queue().await?).await?,
         Command::Config => config::run(&settings)?,
         Command::Models { command } => {
             models::run(command.unwrap_or(models::Command::List), &settings).await?
@@ -58,8 +55,4 @@ pub async fn run(command: Command, settings: Settings) -> Result<u8, Error> {
         Command::Demo(args) => return demo::run(args, settings).await,
     }
     Ok(0)
-}
-
-pub async fn connect(settings: &Settings) -> Result<Queue, Error> {
-    Ok(Queue::connect(settings.redis.target(), settings.queue.clone()).await?)
 }

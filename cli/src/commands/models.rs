@@ -2,13 +2,11 @@
 
 use std::path::PathBuf;
 
-use ducks_runner::catalogue;
-use ducks_runner::diffusion::{self, Family};
-use ducks_runner::import::{ImportSpec, import_folder};
-use ducks_runner::manifest::ModelManifest;
-use ducks_runner::storage::Storage;
+use ducks_models::hub::{self, Hub};
+use ducks_models::import::{ImportSpec, import_folder};
+use ducks_models::{Family, ModelManifest, Storage, bucket};
+use ducks_runner::tiny;
 
-use crate::hub::{self, Hub};
 use crate::settings::Settings;
 
 #[derive(clap::Subcommand)]
@@ -37,16 +35,16 @@ pub enum Command {
     },
     /// Create tiny-sd (random weights: it draws noise) and import it, for tests and the demo.
     CreateTiny {
-        #[arg(long, default_value = "tiny-sd")]
+        #[arg(long, default_value = tiny::TINY_MODEL_ID)]
         id: String,
     },
 }
 
-pub async fn run(command: Command, settings: &Settings) -> Result<(), super::Error> {
+pub async fn run(command: Command, settings: &Settings) -> Result<(), crate::Error> {
     let storage = Storage::connect(&settings.s3).await;
     match command {
         Command::List => {
-            let (models, broken) = catalogue::list(&storage).await?;
+            let (models, broken) = bucket::list(&storage).await?;
             print!("{}", table(&models));
             for problem in broken {
                 eprintln!("warning: {problem}");
@@ -81,28 +79,11 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), super::Err
             println!("Imported {} ({} files).", manifest.id, manifest.files.len());
         }
         Command::CreateTiny { id } => {
-            let manifest = create_tiny(&storage, &id).await?;
+            let manifest = tiny::seed(&storage, &id).await?;
             println!("Created {} ({} files).", manifest.id, manifest.files.len());
         }
     }
     Ok(())
-}
-
-/// Writes tiny-sd's files into a temporary folder and imports them as model `id`.
-pub async fn create_tiny(storage: &Storage, id: &str) -> Result<ModelManifest, super::Error> {
-    let dir = tempfile::tempdir()?;
-    diffusion::create_tiny(dir.path())?;
-    let spec = ImportSpec {
-        id: id.to_owned(),
-        family: Family::Tiny,
-        name: Some("Tiny SD".into()),
-        description: Some(
-            "A structurally real Stable Diffusion model with tiny random weights, for tests and the demo: it draws noise."
-                .into(),
-        ),
-        tags: vec!["test".into()],
-    };
-    Ok(import_folder(storage, dir.path(), spec).await?)
 }
 
 /// The catalogue as an aligned text table.

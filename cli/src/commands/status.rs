@@ -1,6 +1,7 @@
 //! `ducks status <id>`: what the queue knows of a job.
 
-use ducks_queue::{EventKind, JobId, Queue};
+use ducks_contract::{EventKind, JobId};
+use ducks_queue::Queue;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,7 +11,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn run(args: Args, queue: &Queue) -> Result<(), super::Error> {
+pub async fn run(args: Args, queue: &Queue) -> Result<(), crate::Error> {
     let status = queue.status(&args.id).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

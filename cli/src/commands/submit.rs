@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ducks_queue::queue::now_ms;
-use ducks_queue::{JobRequest, Origin, Queue, Submitted};
+use ducks_contract::{JobRequest, Origin};
+use ducks_queue::{Queue, Submitted, now_ms};
 
 use crate::follow;
 
@@ -53,7 +53,7 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 }
 
 /// Returns the exit code: 0 unless `--wait` saw the job fail or be cancelled.
-pub async fn run(args: Args, queue: &Queue) -> Result<u8, super::Error> {
+pub async fn run(args: Args, queue: &Queue) -> Result<u8, crate::Error> {
     let mut request = JobRequest::new(args.prompt, Origin::Cli);
     request.model = args.model;
     request.negative_prompt = args.negative;

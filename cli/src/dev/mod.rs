@@ -8,25 +8,22 @@ mod redis;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ducks_queue::{Queue, Redacted};
-use ducks_runner::catalogue::{self, CatalogueError};
-use ducks_runner::embedded_s3;
-use ducks_runner::storage::Storage;
-use secrecy::SecretString;
+use ducks_contract::Secret;
+use ducks_models::{Storage, embedded_s3};
+use ducks_queue::Queue;
+use ducks_runner::tiny::{self, TINY_MODEL_ID};
+use ducks_worker::RunningWorker;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::commands::worker::RunningWorker;
-use crate::commands::{self, Error};
+use crate::Error;
 use crate::settings::Settings;
 use redis::RedisChild;
 
 /// Credentials of the embedded S3 server: local only, so fixed.
 const DEV_ACCESS_KEY: &str = "ducks-dev";
 const DEV_SECRET_KEY: &str = "ducks-dev-secret";
-/// The model the stack seeds and uses by default.
-pub const TINY_MODEL: &str = "tiny-sd";
 
 pub struct Stack {
     /// The settings every part uses, pointing at the local services.
@@ -47,7 +44,7 @@ impl Stack {
             None
         } else {
             let child = RedisChild::start_on_a_free_port(&data.join("redis")).await?;
-            settings.redis.url = SecretString::from(child.url());
+            settings.redis.url = Secret::new(child.url());
             settings.redis.cluster = false;
             Some(child)
         };
@@ -71,18 +68,18 @@ impl Stack {
         let s3_endpoint = format!("http://{s3_addr}");
         settings.s3.endpoint = s3_endpoint.clone();
         settings.s3.access_key_id = DEV_ACCESS_KEY.into();
-        settings.s3.secret_access_key = Redacted(DEV_SECRET_KEY.into());
+        settings.s3.secret_access_key = Secret::new(DEV_SECRET_KEY);
         settings.s3.force_path_style = true;
 
         let storage = Storage::connect(&settings.s3).await;
         storage.ensure_bucket().await?;
-        seed_tiny_model(&storage).await?;
+        tiny::ensure(&storage).await?;
 
         // Short blocking reads, so the stack stops within a moment of being asked.
         settings.queue.block_ms = settings.queue.block_ms.min(250);
         let worker = &mut settings.worker;
         if worker.default_model.is_empty() {
-            worker.default_model = TINY_MODEL.into();
+            worker.default_model = TINY_MODEL_ID.into();
         }
         worker.local.runs_dir = data.join("runs");
         worker.local.cache_dir = data.join("cache");
@@ -93,8 +90,14 @@ impl Stack {
         // A dev stack finishes its jobs quickly; it need not linger on Ctrl-C.
         worker.shutdown_grace_secs = worker.shutdown_grace_secs.min(5);
 
-        let queue = commands::connect(&settings).await?;
-        let worker = RunningWorker::start(&settings, queue.clone()).await?;
+        let queue = settings.connect_queue().await?;
+        let worker = RunningWorker::start(
+            queue.clone(),
+            &settings.s3,
+            settings.worker.clone(),
+            &settings.runner.output_prefix,
+        )
+        .await?;
         Ok(Self {
             settings,
             queue,
@@ -132,7 +135,7 @@ impl Stack {
             ));
         }
         text.push_str(&format!(
-            "Models     {TINY_MODEL} (draws noise; import real ones with `ducks models import`)\n\n\
+            "Models     {TINY_MODEL_ID} (draws noise; import real ones with `ducks models import`)\n\n\
              In another terminal, these settings point `ducks submit`, `ducks models` and `ducks status` here:\n"
         ));
         for (key, value) in self.client_env() {
@@ -144,19 +147,18 @@ impl Stack {
 
     /// The settings a client in another terminal needs to use this stack.
     pub fn client_env(&self) -> Vec<(&'static str, String)> {
-        use secrecy::ExposeSecret;
         let s3 = &self.settings.s3;
         vec![
             (
                 "DUCKS_REDIS__URL",
-                self.settings.redis.url.expose_secret().to_owned(),
+                self.settings.redis.url.expose().to_owned(),
             ),
             ("DUCKS_S3__ENDPOINT", s3.endpoint.clone()),
             ("DUCKS_S3__BUCKET", s3.bucket.clone()),
             ("DUCKS_S3__ACCESS_KEY_ID", s3.access_key_id.clone()),
             (
                 "DUCKS_S3__SECRET_ACCESS_KEY",
-                s3.secret_access_key.0.clone(),
+                s3.secret_access_key.expose().to_owned(),
             ),
             ("DUCKS_S3__FORCE_PATH_STYLE", "true".into()),
         ]
@@ -164,36 +166,20 @@ impl Stack {
 
     /// Stops the worker (gracefully), then S3 and Redis.
     pub async fn stop(self) -> Result<(), Error> {
-        let worker = self.worker.stop().await;
+        let worker = self.worker.stop().await.map(drop);
         let _ = self.s3_stop.send(());
         let _ = self.s3_task.await;
         if let Some(redis) = self.redis {
             redis.stop().await;
         }
-        worker
+        Ok(worker?)
     }
 }
 
 /// Whether the user pointed the stack at a Redis of their own.
 fn redis_configured(settings: &Settings) -> bool {
-    use secrecy::ExposeSecret;
     std::env::var_os("DUCKS_REDIS__URL").is_some()
-        || settings.redis.url.expose_secret()
-            != crate::settings::RedisSettings::default()
-                .url
-                .expose_secret()
-}
-
-/// Imports tiny-sd on first start.
-async fn seed_tiny_model(storage: &Storage) -> Result<(), Error> {
-    match catalogue::load(storage, TINY_MODEL).await {
-        Ok(_) => Ok(()),
-        Err(CatalogueError::UnknownModel(_)) => {
-            commands::models::create_tiny(storage, TINY_MODEL).await?;
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+        || settings.redis.url != crate::settings::RedisSettings::default().url
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, Error> {

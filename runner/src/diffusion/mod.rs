@@ -5,12 +5,12 @@
 //! randomly initialised model that [`create_tiny`] writes for tests and demos.
 //!
 //! ```no_run
-//! use ducks_runner::diffusion::{self, Family, GenerateParams, ModelFiles, Pipeline};
+//! use ducks_runner::diffusion::{self, Family, ModelFiles, Pipeline};
 //! # fn main() -> Result<(), diffusion::DiffusionError> {
 //! let dir = std::path::Path::new("/tmp/tiny-sd");
 //! let files: ModelFiles = diffusion::create_tiny(dir)?.into_iter().collect();
 //! let pipeline = Pipeline::load(Family::Tiny, &files, &diffusion::device())?;
-//! let params = GenerateParams::defaults(Family::Tiny, "a duck in the rain");
+//! let params = diffusion::default_params(Family::Tiny, "a duck in the rain");
 //! let images = pipeline.generate(&params, &mut |step, total| println!("{step}/{total}"))?;
 //! assert_eq!(images[0].pixels.len(), 64 * 64 * 3);
 //! # Ok(()) }
@@ -33,7 +33,6 @@
 mod arch;
 mod clip;
 mod error;
-mod family;
 mod pipeline;
 mod rng;
 mod scheduler;
@@ -48,8 +47,9 @@ use std::path::{Path, PathBuf};
 pub use arch::{ModelConfig, UnetBlock, UnetConfig, VaeConfig};
 pub use candle_core::Device;
 pub use clip::{Activation, ClipConfig};
+pub use ducks_contract::GenerateParams;
+pub use ducks_models::{Family, FileRole};
 pub use error::DiffusionError;
-pub use family::{Family, FileRole, UnknownName};
 pub use pipeline::{MAX_COUNT, MAX_SIZE, MIN_SIZE, Pipeline};
 pub use scheduler::{MAX_STEPS, Prediction, SchedulerSpec};
 pub use tiny::{TINY_FILES, create_tiny, tiny_config};
@@ -78,36 +78,17 @@ impl FromIterator<(FileRole, PathBuf)> for ModelFiles {
     }
 }
 
-/// One generation request.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GenerateParams {
-    pub prompt: String,
-    /// What to steer away from; used only when guidance is on.
-    pub negative_prompt: String,
-    /// Multiples of 8 between [`MIN_SIZE`] and [`MAX_SIZE`].
-    pub width: u32,
-    pub height: u32,
-    pub steps: u32,
-    /// Classifier-free guidance scale; 1.0 or less turns guidance off (halving the work).
-    pub guidance: f32,
-    pub seed: u64,
-    /// Images in the batch, 1 to [`MAX_COUNT`].
-    pub count: u32,
-}
-
-impl GenerateParams {
-    /// The family's defaults for `prompt`: one image, seed 0, no negative prompt.
-    pub fn defaults(family: Family, prompt: impl Into<String>) -> Self {
-        Self {
-            prompt: prompt.into(),
-            negative_prompt: String::new(),
-            width: family.default_size(),
-            height: family.default_size(),
-            steps: family.default_steps(),
-            guidance: family.default_guidance(),
-            seed: 0,
-            count: 1,
-        }
+/// The family's defaults for `prompt`: one image, seed 0, no negative prompt.
+pub fn default_params(family: Family, prompt: impl Into<String>) -> GenerateParams {
+    GenerateParams {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        width: family.default_size(),
+        height: family.default_size(),
+        steps: family.default_steps(),
+        guidance: family.default_guidance(),
+        seed: 0,
+        count: 1,
     }
 }
 

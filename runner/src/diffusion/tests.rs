@@ -24,7 +24,7 @@ fn params(seed: u64) -> GenerateParams {
     GenerateParams {
         steps: 2,
         seed,
-        ..GenerateParams::defaults(Family::Tiny, "a yellow duck on a pond")
+        ..default_params(Family::Tiny, "a yellow duck on a pond")
     }
 }
 
@@ -542,7 +542,7 @@ mod real_shapes {
             width: 64,
             height: 64,
             steps: 1,
-            ..GenerateParams::defaults(family, "a duck")
+            ..default_params(family, "a duck")
         };
         let images = generate(&pipeline, &p);
         assert_eq!(images[0].pixels.len(), 64 * 64 * 3);

@@ -448,7 +448,7 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let service = service_fn(move |request| http::handle(Arc::clone(&store), request));
-    ducks_runner::embedded_s3::serve(listener, service, shutdown).await;
+    ducks_models::embedded_s3::serve(listener, service, shutdown).await;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -9,7 +9,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ducks_runner::cache::sha256_of;
+use ducks_models::digest::sha256_of;
 use ducks_runner::diffusion::{self, FileRole};
 use ducks_tests::{S3Server, ducks_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use ducks_queue::{JobId, JobRequest, Origin, wire};
-use ducks_runner::contract::Line;
+use ducks_contract::Line;
+use ducks_contract::{GenerateParams, JobId, RunnerJob, wire};
 use ducks_tests::{KubeApi, KubeFault, Kubelet, PodBehaviour, ducks_binary};
 use futures_util::stream::BoxStream;
 use futures_util::{AsyncBufReadExt, StreamExt, TryStreamExt};
@@ -1290,7 +1290,7 @@ async fn rbac_rules_allow_deny_and_answer_access_reviews() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_the_real_runner() {
     let scratch = tempfile::tempdir().unwrap();
-    let (s3, config, _storage) = tiny_bucket(scratch.path()).await;
+    let (s3, config, _storage) = tiny_bucket().await;
     let api = KubeApi::start().await;
     let client = api.client();
     let (jobs, pods) = (jobs(&client), pods(&client));
@@ -1304,7 +1304,7 @@ async fn a_job_runs_the_real_runner() {
         ("DUCKS_S3__ACCESS_KEY_ID", config.access_key_id.clone()),
         (
             "DUCKS_S3__SECRET_ACCESS_KEY",
-            config.secret_access_key.0.clone(),
+            config.secret_access_key.expose().to_owned(),
         ),
     ];
     api.put_secret(
@@ -1315,18 +1315,24 @@ async fn a_job_runs_the_real_runner() {
             .collect(),
     );
 
-    let mut request = JobRequest::new("a rubber duck in space", Origin::Cli);
     let id = JobId::generate();
-    request.id = Some(id.clone());
-    request.model = Some("tiny-sd".into());
-    request.seed = Some(42);
-    request.width = Some(64);
-    request.height = Some(64);
-    request.steps = Some(2);
+    let request = RunnerJob {
+        job_id: id.clone(),
+        model: "tiny-sd".into(),
+        params: GenerateParams {
+            prompt: "a rubber duck in space".into(),
+            negative_prompt: String::new(),
+            width: 64,
+            height: 64,
+            steps: 2,
+            guidance: 7.5,
+            seed: 42,
+            count: 1,
+        },
+    };
     // As worker/src/kube/spec.rs builds it (docs/runner-contract.md).
     let env = [
         ("DUCKS_RUNNER__JOB", wire::encode(&request)),
-        ("DUCKS_RUNNER__MODEL", "tiny-sd".into()),
         ("DUCKS_RUNNER__CACHE_DIR", "/var/cache/ducks".into()),
         ("DUCKS_RUNNER__OUTPUT_PREFIX", "images".into()),
         (
@@ -1379,7 +1385,10 @@ async fn a_job_runs_the_real_runner() {
     };
     assert_eq!(result.job_id, id.to_string());
     let key = &result.images[0].key;
-    assert!(key.ends_with(&format!("/{id}/0.png")), "{key}");
+    assert!(
+        key.contains(&format!("/{id}/")) && key.ends_with("-0.png"),
+        "{key}"
+    );
     let image = s3
         .client()
         .get_object()

@@ -5,19 +5,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ducks_queue::{EventKind, FailureCode, JobId, JobRequest, JobWatch, Queue};
-use ducks_runner::storage::{S3Config, Storage};
+use ducks_contract::{EventKind, FailureCode, JobId, JobRequest};
+use ducks_models::{S3Config, Storage};
+use ducks_queue::{JobWatch, Queue};
 use ducks_tests::{
     KubeApi, KubeFault, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get,
 };
 use ducks_worker::kube::{KubeConfig, KubeLauncher, rbac, spec};
-use ducks_worker::{Worker, WorkerConfig};
+use ducks_worker::{RunningWorker, WorkerConfig};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, PostParams};
 
 use crate::support::{
-    JOB_LIMIT, RunningWorker, events_until_end, eventually, png_size, queue_on, quick, slow,
-    submit, terminal, tiny_bucket, wait_until_running, worker_queue_config,
+    JOB_LIMIT, events_until_end, eventually, png_size, queue_on, quick, slow, submit, terminal,
+    tiny_bucket, wait_until_running, worker_queue_config,
 };
 
 const NS: &str = "ducks";
@@ -38,7 +39,7 @@ impl World {
     async fn new() -> Self {
         let scratch = tempfile::tempdir().unwrap();
         let redis = RedisServer::start().await;
-        let (s3, s3_config, storage) = tiny_bucket(scratch.path()).await;
+        let (s3, s3_config, storage) = tiny_bucket().await;
         let queue = queue_on(&redis, worker_queue_config()).await;
         let api = KubeApi::start().await;
         api.set_kubelet(Kubelet {
@@ -59,7 +60,7 @@ impl World {
                 ),
                 (
                     "DUCKS_S3__SECRET_ACCESS_KEY".to_owned(),
-                    s3_config.secret_access_key.0.clone(),
+                    s3_config.secret_access_key.expose().to_owned(),
                 ),
             ]),
         );
@@ -111,13 +112,13 @@ impl World {
             "the launcher lists the cluster"
         );
         let queue = queue_on(&self.redis, worker_queue_config()).await;
-        RunningWorker::spawn(Worker::new(
-            queue,
-            self.storage.clone(),
-            launcher,
-            config,
-            name,
-        ))
+        let config = WorkerConfig {
+            name: name.into(),
+            ..config
+        };
+        RunningWorker::with_launcher(queue, self.storage.clone(), launcher, config)
+            .await
+            .unwrap()
     }
 
     async fn submit(&self, job: JobRequest) -> (JobId, u64) {
@@ -189,7 +190,7 @@ async fn a_job_runs_as_a_kubernetes_job_and_returns_a_working_link() {
     assert_eq!(world.api.requests("get", "pods/log"), 1);
     assert_eq!(world.api.requests("delete", "jobs"), 0);
     assert_eq!(world.api.open_watches(), 3);
-    let metrics = worker.stop().await;
+    let metrics = worker.stop().await.unwrap();
     assert_eq!(
         (metrics.launches_total(false), metrics.launches_total(true)),
         (1, 0)
@@ -362,7 +363,7 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
             .is_none();
         assert!(job_gone, "{}: a failed Job is deleted", case.name);
     }
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -378,12 +379,12 @@ async fn a_disrupted_pod_is_replaced_and_the_job_still_succeeds() {
     );
     assert!(
         events.iter().any(
-            |e| matches!(e, EventKind::Starting { message } if message.contains("interrupted"))
+            |e| matches!(e, EventKind::Starting { message, .. } if message.contains("interrupted"))
         ),
         "the user hears of the interruption: {events:?}"
     );
     assert_eq!(world.api.jobs_created(NS, &spec::job_name(&id)), 1);
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -405,7 +406,7 @@ async fn waiting_reasons_reach_the_user_while_a_pod_waits() {
         loop {
             let events = watch.next(Duration::from_secs(1)).await.unwrap();
             if events.iter().any(|e| {
-                matches!(&e.kind, EventKind::Starting { message } if message.contains("free GPU"))
+                matches!(&e.kind, EventKind::Starting { message, .. } if message.contains("free GPU"))
             }) {
                 return;
             }
@@ -416,7 +417,7 @@ async fn waiting_reasons_reach_the_user_while_a_pod_waits() {
     world.queue.cancel(&id).await.unwrap();
     let events = events_until_end(&world.queue, &id, since).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled);
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -435,7 +436,7 @@ async fn a_restarted_worker_reattaches_and_never_creates_a_second_job() {
         "{events:?}"
     );
     assert_eq!(world.api.jobs_created(NS, &spec::job_name(&id)), 1);
-    let metrics = second.stop().await;
+    let metrics = second.stop().await.unwrap();
     assert_eq!(metrics.launches_total(true), 1, "the second worker adopted");
     assert_eq!(metrics.launches_total(false), 0);
 }
@@ -464,7 +465,7 @@ async fn cancel_deletes_the_job_and_its_pod() {
         .await
         .unwrap();
     assert!(left.items.is_empty(), "no pod is left: {:?}", left.items);
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -509,7 +510,7 @@ async fn a_job_deleted_while_the_watch_is_down_is_noticed_after_the_relist() {
         world.api.open_watches() == 3
     })
     .await;
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -525,7 +526,7 @@ async fn the_outcome_arrives_across_a_watch_drop_and_a_410() {
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -571,8 +572,20 @@ async fn the_sweep_deletes_jobs_whose_queue_entry_is_gone() {
     let orphan: JobId = "orphan-1".parse().unwrap();
     let spec = ducks_worker::LaunchSpec {
         job_id: orphan.clone(),
-        job: quick("forgotten"),
-        model: "tiny-sd".into(),
+        job: ducks_contract::RunnerJob {
+            job_id: orphan.clone(),
+            model: "tiny-sd".into(),
+            params: ducks_contract::GenerateParams {
+                prompt: "forgotten".into(),
+                negative_prompt: String::new(),
+                width: 64,
+                height: 64,
+                steps: 1,
+                guidance: 7.5,
+                seed: 7,
+                count: 1,
+            },
+        },
         compute: ducks_worker::sizing::Compute {
             gpus: 0,
             gpu_products: vec![],
@@ -600,7 +613,7 @@ async fn the_sweep_deletes_jobs_whose_queue_entry_is_gone() {
         || async { world.jobs().get_opt(&name).await.unwrap().is_none() },
     )
     .await;
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -647,7 +660,7 @@ async fn api_errors_on_create_and_delete_are_retried() {
             .is_none()
     );
     assert_eq!(world.api.requests("delete", "jobs"), 3);
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -679,7 +692,7 @@ async fn ducks_worker_finds_the_cluster_through_a_kubeconfig_and_refuses_a_short
             .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
             .env(
                 "DUCKS_S3__SECRET_ACCESS_KEY",
-                &world.s3_config.secret_access_key.0,
+                world.s3_config.secret_access_key.expose(),
             )
             .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
             .env("DUCKS_WORKER__LISTEN", "")

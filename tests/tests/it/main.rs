@@ -1,3 +1,4 @@
+mod docker;
 mod harness;
 mod hub;
 mod kube_api;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ducks_contract::{EventKind, FailureCode, JobId, JobState};
 use ducks_queue::{
-    Cancelled, Completion, Consumer, EventKind, EventReader, Failure, FailureCode, JobId, JobState,
-    Queue, QueueConfig, QueueError, RedisTarget, Signal, Submitted,
+    Cancelled, Completion, Consumer, EventReader, FailResult, Queue, QueueConfig, QueueError,
+    RedisTarget, Signal, Submitted,
 };
 use ducks_tests::{RedisCluster, RedisOptions, RedisServer};
 
@@ -343,10 +344,10 @@ async fn retries_back_off_exponentially_then_fail_for_good() {
             .await
             .unwrap();
         if attempt == config.max_retries {
-            assert_eq!(outcome, Failure::Failed(Completion::Done));
+            assert_eq!(outcome, FailResult::Failed(Completion::Done));
             break;
         }
-        let Failure::Retrying {
+        let FailResult::Retrying {
             attempt: next,
             delay,
         } = outcome
@@ -417,14 +418,14 @@ async fn due_retries_come_back_in_due_order() {
     // Fail `first` on its first attempt (200-400 ms) and `second` later with a shorter wait
     // (a non-retryable failure cannot be used, so both use attempt 1 delays with jitter): the one
     // with the earlier due time must come back first.
-    let Failure::Retrying { delay: da, .. } = a
+    let FailResult::Retrying { delay: da, .. } = a
         .fail(FailureCode::Internal, "x".into(), true)
         .await
         .unwrap()
     else {
         panic!()
     };
-    let Failure::Retrying { delay: db, .. } = b
+    let FailResult::Retrying { delay: db, .. } = b
         .fail(FailureCode::Internal, "y".into(), true)
         .await
         .unwrap()
@@ -842,11 +843,11 @@ async fn the_model_catalogue_round_trips_through_redis() {
     let queue = queue_on(&redis, config()).await;
     assert_eq!(
         queue.models().await.unwrap(),
-        ducks_queue::ModelCatalogue::default()
+        ducks_contract::ModelCatalogue::default()
     );
-    let catalogue = ducks_queue::ModelCatalogue {
+    let catalogue = ducks_contract::ModelCatalogue {
         default_model: Some("tiny-sd".into()),
-        models: vec![ducks_queue::ModelInfo {
+        models: vec![ducks_contract::ModelInfo {
             id: "tiny-sd".into(),
             name: "Tiny SD".into(),
             description: "Random weights for tests: draws noise.".into(),
@@ -857,7 +858,11 @@ async fn the_model_catalogue_round_trips_through_redis() {
             default_guidance: 7.5,
             max_width: 256,
             max_height: 256,
+            max_steps: 50,
             max_images: 4,
+            sizes: vec![ducks_contract::Size::new(64, 64)],
+            gpu: ducks_contract::GpuNeed::default(),
+            added_at_secs: Some(1_764_000_000),
             tags: vec!["test".into()],
         }],
         updated_at_ms: 1,
@@ -954,7 +959,7 @@ async fn a_job_cancelled_while_running_does_not_come_back_after_a_failure() {
         .fail(FailureCode::StorageUnavailable, "S3 hiccup.".into(), true)
         .await
         .unwrap();
-    assert_eq!(outcome, Failure::Cancelled(Completion::Done));
+    assert_eq!(outcome, FailResult::Cancelled(Completion::Done));
     assert_eq!(queue.status(&id).await.unwrap().state, JobState::Cancelled);
     let mut conn = queue.connection();
     let delayed: u64 = redis::cmd("ZCARD")

@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ducks_queue::{JobId, JobRequest, Origin, wire};
-use ducks_runner::catalogue;
-use ducks_runner::contract::{Failure, Line, RunResult};
-use ducks_runner::storage::{S3Config, Storage};
+use std::time::Duration;
+
+use ducks_contract::{
+    GenerateParams, JobId, Line, RunFailure, RunPhase, RunResult, RunnerJob, wire,
+};
+use ducks_models::bucket;
+use ducks_models::{S3Config, Storage};
 use ducks_tests::{S3Server, ducks_binary};
 
 use crate::support::{BUCKET, tiny_bucket};
@@ -23,7 +26,7 @@ struct World {
 impl World {
     async fn new() -> Self {
         let scratch = tempfile::tempdir().unwrap();
-        let (s3, config, storage) = tiny_bucket(scratch.path()).await;
+        let (s3, config, storage) = tiny_bucket().await;
         Self {
             s3,
             storage,
@@ -37,7 +40,7 @@ impl World {
     }
 
     /// Starts `ducks runner` for `job` with its cache in `cache`.
-    fn command(&self, job: &JobRequest, cache: &Path) -> (Command, PathBuf) {
+    fn command(&self, job: &RunnerJob, cache: &Path) -> (Command, PathBuf) {
         let termination = cache.with_extension("termination");
         let mut cmd = Command::new(ducks_binary());
         cmd.arg("runner")
@@ -52,7 +55,7 @@ impl World {
             .env("DUCKS_S3__ACCESS_KEY_ID", &self.config.access_key_id)
             .env(
                 "DUCKS_S3__SECRET_ACCESS_KEY",
-                &self.config.secret_access_key.0,
+                self.config.secret_access_key.expose(),
             )
             .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
             .current_dir(self.scratch.path());
@@ -60,12 +63,32 @@ impl World {
     }
 
     /// Runs the runner to its end: exit code, parsed stdout lines, termination message.
-    async fn run(&self, job: &JobRequest, cache: &Path) -> Run {
+    async fn run(&self, job: &RunnerJob, cache: &Path) -> Run {
         let (mut cmd, termination) = self.command(job, cache);
         let output = tokio::task::spawn_blocking(move || cmd.output())
             .await
             .unwrap()
             .expect("start ducks runner");
+        Run::of(output, termination)
+    }
+
+    /// GETs of weight files (the manifest excluded).
+    fn weight_downloads(&self) -> usize {
+        self.s3.requests("GET", "models/tiny-sd/")
+            - self.s3.requests("GET", "models/tiny-sd/model.toml")
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    lines: Vec<Line>,
+    termination: String,
+    stderr: String,
+}
+
+impl Run {
+    /// A finished runner's exit, stdout lines and termination message.
+    fn of(output: std::process::Output, termination: PathBuf) -> Self {
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let lines: Vec<Line> = stdout
             .lines()
@@ -86,21 +109,6 @@ impl World {
         }
     }
 
-    /// GETs of weight files (the manifest excluded).
-    fn weight_downloads(&self) -> usize {
-        self.s3.requests("GET", "models/tiny-sd/")
-            - self.s3.requests("GET", "models/tiny-sd/model.toml")
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    lines: Vec<Line>,
-    termination: String,
-    stderr: String,
-}
-
-impl Run {
     fn result(&self) -> &RunResult {
         match self.lines.last() {
             Some(Line::Result(result)) => result,
@@ -111,23 +119,30 @@ impl Run {
         }
     }
 
-    fn error(&self) -> (Failure, &str) {
+    /// The failure, the person's message and the operator's detail.
+    fn error(&self) -> (RunFailure, &str, &str) {
         match self.lines.last() {
-            Some(Line::Error(e)) => (e.failure, e.message.as_str()),
+            Some(Line::Error(e)) => (e.failure, e.message.as_str(), e.detail.as_str()),
             other => panic!("no error line (exit {:?}): {other:?}", self.code),
         }
     }
 }
 
-fn job(seed: u64, size: u32) -> JobRequest {
-    let mut job = JobRequest::new("a rubber duck in space", Origin::Cli);
-    job.id = Some(JobId::generate());
-    job.model = Some("tiny-sd".into());
-    job.seed = Some(seed);
-    job.width = Some(size);
-    job.height = Some(size);
-    job.steps = Some(2);
-    job
+fn job(seed: u64, size: u32) -> RunnerJob {
+    RunnerJob {
+        job_id: JobId::generate(),
+        model: "tiny-sd".into(),
+        params: GenerateParams {
+            prompt: "a rubber duck in space".into(),
+            negative_prompt: String::new(),
+            width: size,
+            height: size,
+            steps: 2,
+            guidance: 7.5,
+            seed,
+            count: 1,
+        },
+    }
 }
 
 async fn object(
@@ -172,21 +187,57 @@ async fn tiny_sd_goes_from_weights_in_s3_to_a_png_in_s3() {
         })
         .collect();
     assert_eq!(progress, vec![(1, 2), (2, 2)]);
-    let phases = run
+    // Each phase is announced as it starts (so "loading weights" shows while it happens) and
+    // reported with its time when it ends.
+    let phases: Vec<String> = run
         .lines
         .iter()
-        .filter(|l| matches!(l, Line::Phase { .. }))
-        .count();
-    assert_eq!(phases, 4, "download, load, generate, upload");
+        .filter_map(|l| match l {
+            Line::PhaseStarted { phase } => Some(format!("start {phase:?}")),
+            Line::PhaseEnded { phase, .. } => Some(format!("end {phase:?}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "start Download",
+            "end Download",
+            "start Load",
+            "end Load",
+            "start Generate",
+            "end Generate",
+            "start Upload",
+            "end Upload"
+        ]
+    );
+    let generate_started = run
+        .lines
+        .iter()
+        .position(|l| {
+            *l == Line::PhaseStarted {
+                phase: RunPhase::Generate,
+            }
+        })
+        .unwrap();
+    let first_step = run
+        .lines
+        .iter()
+        .position(|l| matches!(l, Line::Progress { .. }))
+        .unwrap();
+    assert!(generate_started < first_step, "{:?}", run.lines);
 
     let image = &result.images[0];
     assert_eq!((image.width, image.height, image.seed), (64, 64, 42));
-    let id = job.id.as_ref().unwrap();
+    let id = &job.job_id;
+    let (folder, file) = image.key.rsplit_once('/').unwrap();
     assert!(
-        image.key.starts_with("images/") && image.key.ends_with(&format!("/{id}/0.png")),
+        image.key.starts_with("images/") && folder.ends_with(&format!("/{id}")),
         "{}",
         image.key
     );
+    let run_ms = file.strip_suffix("-0.png").expect("<run-ms>-<n>.png");
+    assert!(run_ms.parse::<u64>().is_ok(), "{}", image.key);
     let (bytes, head) = object(&world, &image.key).await;
     assert_eq!(head.content_type(), Some("image/png"));
     assert_eq!(head.metadata().unwrap()["seed"], "42");
@@ -225,29 +276,52 @@ async fn the_same_seed_gives_the_same_bytes_and_another_seed_does_not() {
     assert_ne!(images[0], images[2]);
 }
 
+/// Two runners start together on one cache. The first weight file's download is held at the S3
+/// gate while the other runner is seen waiting on that file's lock (a blocked `flock` in
+/// /proc/locks), so the lock was contended, and still every file is read from S3 once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_cache_reads_no_weights_and_runners_started_together_download_once() {
+async fn runners_started_together_download_each_file_once_and_a_warm_cache_reads_none() {
     let world = World::new().await;
-    let files = catalogue::load(&world.storage, "tiny-sd")
-        .await
-        .unwrap()
-        .files
-        .len();
+    let manifest = bucket::load(&world.storage, "tiny-sd").await.unwrap();
+    let first = manifest.key_of(&manifest.files[0]);
     world.s3.reset_counts();
     let cache = world.cache("shared");
-    let (mut a, _) = world.command(&job(1, 64), &cache);
-    let (mut b, _) = world.command(&job(2, 64), &cache);
-    let (a, b) = (a.output().unwrap(), b.output().unwrap());
-    assert!(
-        a.status.success() && b.status.success(),
-        "{}",
-        String::from_utf8_lossy(&b.stderr)
+    let gate = world.s3.gate("GET", &first);
+    let (mut a, a_log) = world.command(&job(1, 64), &cache);
+    let (mut b, b_log) = world.command(&job(2, 64), &cache);
+    let (a, b) = (
+        a.output_piped().spawn().unwrap(),
+        b.output_piped().spawn().unwrap(),
+    );
+    // One runner holds the file's lock while its download waits at the gate ...
+    gate.wait_held(1, Duration::from_secs(60)).await;
+    // ... and the other waits for that lock.
+    let lock = cache
+        .join("locks")
+        .join(format!("{}.lock", manifest.files[0].sha256));
+    wait_for_blocked_flock(&lock, Duration::from_secs(60)).await;
+    assert_eq!(gate.held(), 1, "only the lock holder asks S3 for the file");
+    gate.open();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
+    let (a, b) = (Run::of(a, a_log), Run::of(b, b_log));
+    assert_eq!(
+        (a.code, b.code),
+        (Some(0), Some(0)),
+        "{}\n{}",
+        a.stderr,
+        b.stderr
     );
     assert_eq!(
         world.weight_downloads(),
-        files,
+        manifest.files.len(),
         "each file downloaded once by two runners together"
     );
+    let downloaded = a.result().timings.files_downloaded + b.result().timings.files_downloaded;
+    assert_eq!(downloaded as usize, manifest.files.len());
 
     world.s3.reset_counts();
     let warm = world.run(&job(3, 64), &cache).await;
@@ -257,6 +331,48 @@ async fn a_warm_cache_reads_no_weights_and_runners_started_together_download_onc
         0,
         "a second run reads no weights from S3"
     );
+}
+
+trait Piped {
+    fn output_piped(&mut self) -> &mut Command;
+}
+
+impl Piped for Command {
+    /// stdout and stderr captured, as `Command::output` would, for a child spawned now.
+    fn output_piped(&mut self) -> &mut Command {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+    }
+}
+
+/// Waits until some process is blocked waiting for a `flock` on `path`: Linux lists such a
+/// waiter in /proc/locks as a line with `->` naming the file's device and inode.
+async fn wait_for_blocked_flock(path: &Path, limit: Duration) {
+    use std::os::unix::fs::MetadataExt;
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let inode = format!(":{}", meta.ino());
+            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            let blocked = locks.lines().any(|line| {
+                line.contains("->")
+                    && line.contains("FLOCK")
+                    && line
+                        .split_whitespace()
+                        .any(|field| field.ends_with(&inode) && field.matches(':').count() == 2)
+            });
+            if blocked {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "nobody waited for the lock on {} within {limit:?}:\n{}",
+            path.display(),
+            std::fs::read_to_string("/proc/locks").unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +395,7 @@ async fn a_corrupt_cache_file_is_fetched_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_object_in_s3_exits_3_naming_the_file() {
     let world = World::new().await;
-    let manifest = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    let manifest = bucket::load(&world.storage, "tiny-sd").await.unwrap();
     let file = manifest.files.iter().find(|f| f.role == "unet").unwrap();
     let key = manifest.key_of(file);
     let wrong = vec![1u8; file.size as usize];
@@ -290,9 +406,16 @@ async fn a_corrupt_object_in_s3_exits_3_naming_the_file() {
         .unwrap();
     let run = world.run(&job(1, 64), &world.cache("cache")).await;
     assert_eq!(run.code, Some(3));
-    let (failure, message) = run.error();
-    assert_eq!(failure, Failure::WeightsCorrupt);
-    assert!(message.contains(&key), "{message}");
+    let (failure, message, detail) = run.error();
+    assert_eq!(failure, RunFailure::WeightsCorrupt);
+    assert_eq!(
+        message,
+        "The model's files are missing or damaged; an operator must import it again."
+    );
+    assert!(
+        detail.contains(&key),
+        "the operator learns which file: {detail}"
+    );
     assert!(run.termination.contains("weights_corrupt"));
 }
 
@@ -300,32 +423,45 @@ async fn a_corrupt_object_in_s3_exits_3_naming_the_file() {
 async fn bad_requests_exit_2_and_storage_trouble_exits_5() {
     let mut world = World::new().await;
     let mut unknown = job(1, 64);
-    unknown.model = Some("sd9".into());
+    unknown.model = "sd9".into();
     let run = world.run(&unknown, &world.cache("cache")).await;
     assert_eq!(
         (run.code, run.error()),
-        (Some(2), (Failure::BadRequest, "There is no model `sd9`."))
+        (
+            Some(2),
+            (RunFailure::BadRequest, "There is no model `sd9`.", "")
+        )
     );
 
     let run = world.run(&job(1, 1024), &world.cache("cache")).await;
     assert_eq!(run.code, Some(2));
-    assert!(
-        run.error().1.contains("larger than tiny-sd allows"),
-        "{}",
-        run.error().1
+    assert_eq!(
+        run.error().1,
+        "1024x1024 is larger than tiny-sd allows (128x128 at most). Try 64x64, 96x64 or 64x96."
     );
 
     world.s3.stop().await;
     let run = world.run(&job(1, 64), &world.cache("cache")).await;
     assert_eq!(run.code, Some(5), "{}", run.stderr);
-    assert_eq!(run.error().0, Failure::StorageUnavailable);
+    let (failure, message, detail) = run.error();
+    assert_eq!(
+        (failure, message),
+        (
+            RunFailure::StorageUnavailable,
+            "Image storage is unavailable right now."
+        )
+    );
+    assert!(
+        detail.contains("models/tiny-sd/model.toml"),
+        "the detail names what could not be read: {detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_manifest_is_refused_naming_the_key() {
     let world = World::new().await;
     let key = "models/tiny-sd/model.toml";
-    let mut manifest = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    let mut manifest = bucket::load(&world.storage, "tiny-sd").await.unwrap();
     manifest.defaults.steps = 0;
     let broken = manifest.to_toml().into_bytes();
     world
@@ -335,12 +471,13 @@ async fn a_malformed_manifest_is_refused_naming_the_key() {
         .unwrap();
     let run = world.run(&job(1, 64), &world.cache("cache")).await;
     assert_eq!(run.code, Some(3));
-    assert!(
-        run.error().1.contains("key `defaults.steps`"),
-        "{}",
-        run.error().1
+    let (_, message, detail) = run.error();
+    assert_eq!(
+        message,
+        "The model `tiny-sd` is misconfigured; an operator must fix its manifest."
     );
-    let (models, broken) = catalogue::list(&world.storage).await.unwrap();
+    assert!(detail.contains("key `defaults.steps`"), "{detail}");
+    let (models, broken) = bucket::list(&world.storage).await.unwrap();
     assert!(models.is_empty());
     assert_eq!(broken.len(), 1, "listed as broken, not half-loaded");
 }
@@ -348,7 +485,7 @@ async fn a_malformed_manifest_is_refused_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imported_model_is_listed() {
     let world = World::new().await;
-    let (models, broken) = catalogue::list(&world.storage).await.unwrap();
+    let (models, broken) = bucket::list(&world.storage).await.unwrap();
     assert!(broken.is_empty());
     assert_eq!(
         models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),

@@ -1,20 +1,13 @@
 //! Helpers shared by the suite's modules.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ducks_queue::Submitted;
-use ducks_queue::queue::now_ms;
-use ducks_queue::{
-    Consumer, Delivery, EventKind, FailureCode, JobEvent, JobId, JobRequest, JobWatch, Origin,
-    Queue, QueueConfig, RedisTarget, wire,
-};
+use ducks_contract::{EventKind, FailureCode, JobEvent, JobId, JobRequest, Origin, wire};
+use ducks_queue::{Consumer, Delivery, JobWatch, Queue, QueueConfig, RedisTarget};
+use ducks_queue::{Submitted, now_ms};
 use ducks_tests::RedisServer;
 pub use ducks_tests::{BUCKET, tiny_bucket};
-use ducks_worker::{Launcher, Metrics, Worker};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Settings for tests: short leases and backoffs, no per-requester limits unless a test sets them.
 pub fn config() -> QueueConfig {
@@ -217,48 +210,5 @@ pub async fn submit(queue: &Queue, job: JobRequest) -> (JobId, u64) {
     match queue.submit(job).await.unwrap() {
         Submitted::Queued { id, .. } => (id, since),
         other => panic!("not queued: {other:?}"),
-    }
-}
-
-/// A worker running in a task of the test process.
-pub struct RunningWorker {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<ducks_queue::Result<()>>,
-    pub metrics: Arc<Metrics>,
-    pub probe: ducks_worker::http::Probe,
-}
-
-impl RunningWorker {
-    pub fn spawn<L: Launcher>(worker: Worker<L>) -> Self {
-        let metrics = worker.metrics();
-        let probe = worker.probe();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            stop,
-            task,
-            metrics,
-            probe,
-        }
-    }
-
-    /// Stops it gracefully, as SIGTERM would; its metrics.
-    pub async fn stop(self) -> Arc<Metrics> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(JOB_LIMIT, self.task)
-            .await
-            .expect("the worker stops within its grace period")
-            .unwrap()
-            .unwrap();
-        self.metrics
-    }
-
-    /// Ends the worker at once, as a crash would: nothing is handed back.
-    pub async fn kill(self) -> Arc<Metrics> {
-        self.task.abort();
-        let _ = self.task.await;
-        self.metrics
     }
 }

@@ -6,15 +6,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ducks_queue::{Cancelled, EventKind, FailureCode, JobId, JobRequest, Queue};
-use ducks_runner::storage::{S3Config, Storage};
+use ducks_contract::{EventKind, FailureCode, JobId, JobRequest, RunnerJob};
+use ducks_models::{S3Config, Storage};
+use ducks_queue::{Cancelled, Queue};
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
 use ducks_worker::config::LocalConfig;
-use ducks_worker::{LocalLauncher, Worker, WorkerConfig};
+use ducks_worker::{RunningWorker, WorkerConfig};
 
 use crate::support::{
-    JOB_LIMIT, RunningWorker, events_until_end, failure, png_size, queue_on, quick, slow, submit,
-    terminal, tiny_bucket, wait_until_running, worker_queue_config,
+    JOB_LIMIT, events_until_end, failure, png_size, queue_on, quick, slow, submit, terminal,
+    tiny_bucket, wait_until_running, worker_queue_config,
 };
 
 /// Redis, S3 with tiny-sd, and the folders the local launcher shares between workers.
@@ -34,7 +35,7 @@ impl World {
 
     async fn with_redis(redis: RedisServer) -> Self {
         let scratch = tempfile::tempdir().unwrap();
-        let (s3, s3_config, storage) = tiny_bucket(scratch.path()).await;
+        let (s3, s3_config, storage) = tiny_bucket().await;
         let queue = queue_on(&redis, worker_queue_config()).await;
         Self {
             redis,
@@ -63,23 +64,17 @@ impl World {
         }
     }
 
-    /// A worker in this process, on its own Redis connection.
+    /// A worker in this process, on its own Redis connection, started as `ducks worker` starts
+    /// one.
     async fn start_worker(&self, config: WorkerConfig, name: &str) -> RunningWorker {
         let queue = queue_on(&self.redis, worker_queue_config()).await;
-        let launcher = LocalLauncher::new(
-            &config.local,
-            self.s3_config.clone(),
-            "images".into(),
-            config.cancel_grace(),
-        )
-        .unwrap();
-        RunningWorker::spawn(Worker::new(
-            queue,
-            self.storage.clone(),
-            launcher,
-            config,
-            name,
-        ))
+        let config = WorkerConfig {
+            name: name.into(),
+            ..config
+        };
+        RunningWorker::start(queue, &self.s3_config, config, "images")
+            .await
+            .unwrap()
     }
 
     async fn submit(&self, job: JobRequest) -> (JobId, u64) {
@@ -98,14 +93,12 @@ impl World {
 #[tokio::test]
 async fn a_job_goes_from_submit_to_a_working_link() {
     let world = World::new().await;
-    let worker = world.start_worker(world.worker_config(), "w1").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let probes = listener.local_addr().unwrap();
-    tokio::spawn(ducks_worker::http::serve(
-        listener,
-        worker.probe.clone(),
-        std::future::pending(),
-    ));
+    let config = WorkerConfig {
+        listen: "127.0.0.1:0".into(),
+        ..world.worker_config()
+    };
+    let worker = world.start_worker(config, "w1").await;
+    let probes = worker.probes.expect("the probes are served");
 
     let mut job = quick("a duck in space");
     job.width = Some(96);
@@ -178,7 +171,7 @@ async fn a_job_goes_from_submit_to_a_working_link() {
         metrics.contains("ducks_worker_end_to_end_seconds_count 1"),
         "{metrics}"
     );
-    let metrics = worker.stop().await;
+    let metrics = worker.stop().await.unwrap();
     assert_eq!(
         (metrics.launches_total(false), metrics.launches_total(true)),
         (1, 0)
@@ -203,7 +196,7 @@ async fn two_workers_run_twenty_jobs_exactly_once() {
         seeds.insert(id.clone(), images.len());
     }
     assert_eq!(seeds.len(), 20);
-    let (a, b) = (a.stop().await, b.stop().await);
+    let (a, b) = (a.stop().await.unwrap(), b.stop().await.unwrap());
     assert_eq!(
         a.launches_total(false) + b.launches_total(false),
         20,
@@ -232,7 +225,7 @@ async fn a_worker_killed_mid_job_is_finished_by_another_that_adopts_its_runner()
         .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
         .env(
             "DUCKS_S3__SECRET_ACCESS_KEY",
-            &world.s3_config.secret_access_key.0,
+            world.s3_config.secret_access_key.expose(),
         )
         .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
         .env("DUCKS_WORKER__LISTEN", "")
@@ -253,7 +246,7 @@ async fn a_worker_killed_mid_job_is_finished_by_another_that_adopts_its_runner()
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
-    let metrics = adopter.stop().await;
+    let metrics = adopter.stop().await.unwrap();
     assert_eq!(
         (metrics.launches_total(true), metrics.launches_total(false)),
         (1, 0),
@@ -283,7 +276,7 @@ async fn requests_that_cannot_run_never_reach_a_launcher() {
     assert_eq!((code, retryable), (FailureCode::InvalidRequest, false));
     assert!(message.contains("larger than tiny-sd allows"), "{message}");
 
-    let metrics = worker.stop().await;
+    let metrics = worker.stop().await.unwrap();
     assert_eq!(metrics.launches_total(false), 0);
 }
 
@@ -320,7 +313,7 @@ async fn runner_faults_give_distinct_codes_and_retry_decisions() {
             .filter(|e| matches!(e, EventKind::Retrying { .. }))
             .count();
         assert_eq!(retries, usize::from(retried), "{name}: {events:?}");
-        worker.stop().await;
+        worker.stop().await.unwrap();
     }
 }
 
@@ -350,7 +343,7 @@ async fn storage_down_is_retried_then_reported() {
         .filter(|e| matches!(e, EventKind::Retrying { .. }))
         .count();
     assert_eq!(retries, 1, "retried once (max_retries = 1): {events:?}");
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -391,7 +384,7 @@ async fn cancel_stops_queued_and_running_jobs() {
         !uploaded.iter().any(|key| key.contains(running.as_str())),
         "{uploaded:?}"
     );
-    let metrics = worker.stop().await;
+    let metrics = worker.stop().await.unwrap();
     // The runner is gone and its folder released.
     let runs = world.scratch.path().join("runs").join(running.as_str());
     assert!(!runs.exists(), "{} is left behind", runs.display());
@@ -410,7 +403,7 @@ async fn graceful_shutdown_leaves_unfinished_jobs_to_another_worker() {
     let leaving = world.start_worker(config.clone(), "leaving").await;
     let (id, since) = world.submit(slow("a duck handed over")).await;
     wait_until_running(&world.queue, &id, since).await;
-    let left = leaving.stop().await;
+    let left = leaving.stop().await.unwrap();
     assert_eq!(left.launches_total(false), 1);
 
     let status = world.queue.status(&id).await.unwrap();
@@ -421,7 +414,7 @@ async fn graceful_shutdown_leaves_unfinished_jobs_to_another_worker() {
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
-    let took = taker.stop().await;
+    let took = taker.stop().await.unwrap();
     assert_eq!(
         (took.launches_total(true), took.launches_total(false)),
         (1, 0),
@@ -450,7 +443,7 @@ async fn a_redis_restart_under_a_running_worker_loses_nothing() {
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
-    let metrics = worker.stop().await;
+    let metrics = worker.stop().await.unwrap();
     assert_eq!(metrics.launches_total(false), 2, "no job ran twice");
 }
 
@@ -573,10 +566,10 @@ async fn ducks_dev_serves_ducks_submit_until_interrupted() {
 
 #[tokio::test]
 async fn the_catalogue_rereads_only_changed_manifests_and_publishes_changes() {
-    use ducks_runner::catalogue;
-    use ducks_runner::manifest::manifest_key;
+    use ducks_models::bucket;
+    use ducks_models::manifest::manifest_key;
     let world = World::new().await;
-    let known = ducks_worker::Catalogue::default();
+    let known = ducks_models::ManifestIndex::default();
     assert!(
         known.refresh(&world.storage).await.unwrap(),
         "the first read is a change"
@@ -590,9 +583,9 @@ async fn the_catalogue_rereads_only_changed_manifests_and_publishes_changes() {
     );
 
     // A second model appears, then the first one's manifest changes.
-    let mut other = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    let mut other = bucket::load(&world.storage, "tiny-sd").await.unwrap();
     other.id = "tiny-two".into();
-    let put = async |manifest: &ducks_runner::manifest::ModelManifest| {
+    let put = async |manifest: &ducks_models::ModelManifest| {
         world
             .storage
             .put(
@@ -611,11 +604,13 @@ async fn the_catalogue_rereads_only_changed_manifests_and_publishes_changes() {
     assert_eq!(world.s3.requests("GET", "models/tiny-sd/model.toml"), 0);
     assert_eq!(known.ids(), ["tiny-sd", "tiny-two"]);
 
-    let mut changed = catalogue::load(&world.storage, "tiny-sd").await.unwrap();
+    let mut changed = bucket::load(&world.storage, "tiny-sd").await.unwrap();
     changed.description = "Changed.".into();
     put(&changed).await;
     world.s3.reset_counts();
-    known.sync(&world.storage, &world.queue, "").await.unwrap();
+    ducks_worker::worker::sync_catalogue(&known, &world.storage, &world.queue, "")
+        .await
+        .unwrap();
     assert_eq!(world.s3.requests("GET", "models/tiny-sd/model.toml"), 1);
     assert_eq!(world.s3.requests("GET", "models/tiny-two/model.toml"), 0);
     let published = world.queue.models().await.unwrap();
@@ -652,16 +647,14 @@ async fn a_retried_job_draws_with_the_seed_its_first_attempt_had() {
     let EventKind::Succeeded { images, .. } = terminal(&events) else {
         panic!("{events:?}");
     };
-    let first: JobRequest =
-        ducks_queue::wire::decode("job", std::fs::read_to_string(&first).unwrap().trim()).unwrap();
-    assert!(
-        first.seed.is_some(),
-        "the worker settled a seed before the first launch"
-    );
+    let first: RunnerJob = ducks_contract::wire::decode(
+        "runner job",
+        std::fs::read_to_string(&first).unwrap().trim(),
+    )
+    .unwrap();
     assert_eq!(
-        Some(images[0].seed),
-        first.seed,
-        "the retry drew with the same seed"
+        images[0].seed, first.params.seed,
+        "the retry drew with the seed the worker settled before the first launch"
     );
-    worker.stop().await;
+    worker.stop().await.unwrap();
 }

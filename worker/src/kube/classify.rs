@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use ducks_queue::FailureCode;
-use ducks_runner::contract::Line;
+use ducks_contract::{FailureCode, JobPhase, Line};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
@@ -26,7 +25,7 @@ pub struct Budgets {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Seen {
     /// Not running yet; what it waits for, for a Starting event.
-    Waiting(String),
+    Waiting(JobPhase, String),
     Running,
     Finished(Outcome),
 }
@@ -71,18 +70,23 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
     let Some(pod) = seen.pod else {
         // Created suspended for Kueue, which unsuspends it once quota is free.
         let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
-        let waiting = if suspended {
-            "Waiting in the cluster's queue for GPU quota."
+        return if suspended {
+            waiting(
+                JobPhase::QueuedInCluster,
+                "Waiting in the cluster's queue for GPU quota.",
+            )
         } else {
-            "Waiting for the cluster to create the image generator."
+            waiting(
+                JobPhase::Launching,
+                "Waiting for the cluster to create the image generator.",
+            )
         };
-        return Seen::Waiting(waiting.into());
     };
     // The Job's pod failure policy ignores disruptions: the Job controller starts a new pod.
     if has_condition(pod, "DisruptionTarget") {
-        return Seen::Waiting(
-            "The cluster interrupted the image generator (preemption or a node drain); starting it again."
-                .into(),
+        return waiting(
+            JobPhase::Restarting,
+            "The cluster interrupted the image generator (preemption or a node drain); starting it again.",
         );
     }
     let status = pod.status.as_ref();
@@ -106,22 +110,23 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
                     false,
                 )
             }
-            "ErrImagePull" | "ImagePullBackOff" => {
-                Seen::Waiting("Pulling the runner image (retrying).".into())
-            }
-            _ => Seen::Waiting("Starting the image generator.".into()),
+            "ErrImagePull" | "ImagePullBackOff" => waiting(
+                JobPhase::PullingImage,
+                "Pulling the runner image (retrying).",
+            ),
+            _ => waiting(JobPhase::Launching, "Starting the image generator."),
         };
     }
     if let Some(message) = unschedulable(pod) {
         let no_free_gpu =
             message.contains("Insufficient nvidia.com/") || message.contains("Insufficient gpu");
         if seen.waiting_for < budgets.scheduling {
-            let waiting = if no_free_gpu {
+            let message = if no_free_gpu {
                 "Waiting for a free GPU."
             } else {
                 "Waiting for a node that fits."
             };
-            return Seen::Waiting(waiting.into());
+            return waiting(JobPhase::WaitingForGpu, message);
         }
         return if no_free_gpu {
             failed(
@@ -142,8 +147,12 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
     }
     match status.and_then(|s| s.phase.as_deref()) {
         Some("Running") => Seen::Running,
-        _ => Seen::Waiting("Starting the image generator.".into()),
+        _ => waiting(JobPhase::Launching, "Starting the image generator."),
     }
+}
+
+fn waiting(phase: JobPhase, message: &str) -> Seen {
+    Seen::Waiting(phase, message.to_owned())
 }
 
 /// A failed Job: its reason, and the runner's own exit where there is one.
@@ -324,11 +333,12 @@ mod tests {
 
     fn expect(seen: Seen) -> Expect {
         match seen {
-            Seen::Waiting(message) if message.contains("free GPU") => Expect::Waiting("gpu"),
-            Seen::Waiting(message) if message.contains("interrupted") => Expect::Waiting("again"),
-            Seen::Waiting(message) if message.contains("queue") => Expect::Waiting("queue"),
-            Seen::Waiting(message) if message.contains("runner image") => Expect::Waiting("image"),
-            Seen::Waiting(_) => Expect::Waiting("start"),
+            Seen::Waiting(JobPhase::WaitingForGpu, _) => Expect::Waiting("gpu"),
+            Seen::Waiting(JobPhase::Restarting, _) => Expect::Waiting("again"),
+            Seen::Waiting(JobPhase::QueuedInCluster, _) => Expect::Waiting("queue"),
+            Seen::Waiting(JobPhase::PullingImage, _) => Expect::Waiting("image"),
+            Seen::Waiting(JobPhase::Launching, _) => Expect::Waiting("start"),
+            Seen::Waiting(other, message) => panic!("unexpected phase {other:?}: {message}"),
             Seen::Running => Expect::Running,
             Seen::Finished(Outcome::Succeeded(_)) => Expect::Succeeded,
             Seen::Finished(Outcome::Failed(f)) => {

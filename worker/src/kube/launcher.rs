@@ -18,9 +18,8 @@ use ::kube::api::{Api, DeleteParams, LogParams, PostParams};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::{Client, Resource, ResourceExt};
-use ducks_queue::JobId;
-use ducks_runner::contract::Line;
-use ducks_runner::storage::S3Config;
+use ducks_contract::{JobId, Line};
+use ducks_models::S3Config;
 use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
@@ -464,7 +463,7 @@ impl State {
         };
         let budgets = &shared.budgets;
         let mut seen = classify(observed(Duration::ZERO), budgets);
-        if let Seen::Waiting(message) = &seen {
+        if let Seen::Waiting(phase, message) = &seen {
             match &follower.waiting {
                 // Still waiting for the same thing: the budget counts from when that began.
                 Some((current, since)) if current == message => {
@@ -473,12 +472,15 @@ impl State {
                 _ => {
                     follower.waiting = Some((message.clone(), now));
                     // Droppable: a newer waiting reason or the end follows.
-                    let _ = follower.updates.try_send(Update::Waiting(message.clone()));
+                    let _ = follower.updates.try_send(Update::Waiting {
+                        phase: *phase,
+                        message: message.clone(),
+                    });
                 }
             }
         }
         match seen {
-            Seen::Waiting(_) => {}
+            Seen::Waiting(..) => {}
             Seen::Running => {
                 follower.waiting = None;
                 if follower.log.is_none()

@@ -17,9 +17,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use ducks_queue::JobId;
-use ducks_runner::contract::Failure;
-use ducks_runner::storage::S3Config;
+use ducks_contract::{JobId, RunFailure, Secret};
+use ducks_models::S3Config;
 
 use super::KubeConfig;
 use crate::launcher::{LaunchSpec, RunnerPaths, runner_env};
@@ -48,7 +47,7 @@ pub fn job_for(launch: &LaunchSpec, s3: &S3Config, output_prefix: &str, kube: &K
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     labels.insert("app.kubernetes.io/component".into(), "runner".into());
     labels.insert(JOB_ID_LABEL.into(), launch.job_id.to_string());
-    labels.insert(MODEL_LABEL.into(), launch.model.clone());
+    labels.insert(MODEL_LABEL.into(), launch.job.model.clone());
     let mut job_labels = labels.clone();
     if !kube.kueue_queue.is_empty() {
         job_labels.insert("kueue.x-k8s.io/queue-name".into(), kube.kueue_queue.clone());
@@ -57,7 +56,7 @@ pub fn job_for(launch: &LaunchSpec, s3: &S3Config, output_prefix: &str, kube: &K
 
     let s3_without_keys = S3Config {
         access_key_id: String::new(),
-        secret_access_key: ducks_queue::Redacted(String::new()),
+        secret_access_key: Secret::default(),
         ..s3.clone()
     };
     let paths = RunnerPaths {
@@ -243,7 +242,7 @@ fn failure_policy() -> PodFailurePolicy {
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
                     container_name: Some(CONTAINER.into()),
                     operator: "In".into(),
-                    values: vec![Failure::BadRequest.exit_code() as i32],
+                    values: vec![RunFailure::BadRequest.exit_code() as i32],
                 }),
                 ..PodFailurePolicyRule::default()
             },
@@ -308,22 +307,30 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
 mod tests {
     use std::time::Duration;
 
-    use ducks_queue::{JobRequest, Origin};
+    use ducks_contract::{GenerateParams, RunnerJob};
 
     use super::*;
     use crate::sizing::Compute;
 
     fn launch(model: &str, compute: Compute) -> LaunchSpec {
         let id: JobId = "01a226d6-0219-7436-b43c-17e9349dd8dd".parse().unwrap();
-        let mut job = JobRequest::new("a duck in space", Origin::Cli);
-        job.id = Some(id.clone());
-        job.model = Some(model.into());
-        job.seed = Some(42);
-        job.submitted_at_ms = Some(1_764_400_000_000);
+        let job = RunnerJob {
+            job_id: id.clone(),
+            model: model.into(),
+            params: GenerateParams {
+                prompt: "a duck in space".into(),
+                negative_prompt: String::new(),
+                width: 512,
+                height: 512,
+                steps: 1,
+                guidance: 0.0,
+                seed: 42,
+                count: 1,
+            },
+        };
         LaunchSpec {
             job_id: id,
             job,
-            model: model.into(),
             compute,
             timeout: Duration::from_secs(900),
         }
@@ -335,7 +342,7 @@ mod tests {
             region: "eu-west-1".into(),
             bucket: "ducks-images".into(),
             access_key_id: "AKIAEXAMPLE".into(),
-            secret_access_key: ducks_queue::Redacted("never-in-a-job".into()),
+            secret_access_key: Secret::new("never-in-a-job"),
             force_path_style: false,
         }
     }

@@ -25,8 +25,10 @@ pub enum EventKind {
     Queued {
         position: u64,
     },
-    /// A worker took the job and is getting compute for it; `message` says what it waits for.
+    /// A worker took the job and is on its way to the image: `phase` says where, for machines;
+    /// `message` says the same in English.
     Starting {
+        phase: JobPhase,
         message: String,
     },
     /// Denoising step `step` of `total` is done.
@@ -54,6 +56,56 @@ pub enum EventKind {
     Cancelled,
 }
 
+impl JobEvent {
+    /// The event as it may be shown or passed on: without the origin's credentials.
+    pub fn without_secrets(&self) -> JobEvent {
+        JobEvent {
+            origin: self.origin.without_secrets(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Where a started job is, as a stable code that front ends can render their own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    /// The worker is asking for the compute (creating the pod or process).
+    Launching,
+    /// The pod waits for a GPU to be free (or a node to be added).
+    WaitingForGpu,
+    /// The node is pulling the runner image.
+    PullingImage,
+    /// The Job waits in the cluster's own queue (Kueue) for GPU quota.
+    QueuedInCluster,
+    /// The cluster interrupted the pod (preemption, a drain) and a new one is starting.
+    Restarting,
+    /// The runner fetches the model's weights (through the node's cache) and loads them.
+    LoadingWeights,
+    Generating,
+    Uploading,
+    /// A phase from a newer DUCKS that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobPhase {
+    /// The stable text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Launching => "launching",
+            JobPhase::WaitingForGpu => "waiting_for_gpu",
+            JobPhase::PullingImage => "pulling_image",
+            JobPhase::QueuedInCluster => "queued_in_cluster",
+            JobPhase::Restarting => "restarting",
+            JobPhase::LoadingWeights => "loading_weights",
+            JobPhase::Generating => "generating",
+            JobPhase::Uploading => "uploading",
+            JobPhase::Unknown => "unknown",
+        }
+    }
+}
+
 impl EventKind {
     pub fn is_terminal(&self) -> bool {
         matches!(
@@ -68,7 +120,8 @@ impl EventKind {
 pub struct ImageRef {
     /// The object key in the bucket.
     pub key: String,
-    /// A link that works for whoever receives it (presigned or public).
+    /// A link that works for whoever receives it: a permanent signed link to the API, a CDN
+    /// link, or a presigned S3 link.
     pub url: String,
     pub width: u32,
     pub height: u32,
@@ -174,6 +227,34 @@ mod tests {
             wire::decode::<JobEvent>("event", &json.to_string()).unwrap(),
             event
         );
+    }
+
+    #[test]
+    fn starting_events_carry_a_phase_code() {
+        let event = JobEvent {
+            job_id: "job-1".parse().unwrap(),
+            at_ms: 1,
+            origin: Origin::Cli,
+            requester: Requester::default(),
+            kind: EventKind::Starting {
+                phase: JobPhase::WaitingForGpu,
+                message: "Waiting for a free GPU.".into(),
+            },
+        };
+        let json = wire::encode(&event);
+        assert!(
+            json.ends_with(r#""event":"starting","phase":"waiting_for_gpu","message":"Waiting for a free GPU."}"#),
+            "{json}"
+        );
+        let newer = json.replace("waiting_for_gpu", "warming_the_gpu");
+        let decoded: JobEvent = wire::decode("event", &newer).unwrap();
+        assert!(matches!(
+            decoded.kind,
+            EventKind::Starting {
+                phase: JobPhase::Unknown,
+                ..
+            }
+        ));
     }
 
     #[test]

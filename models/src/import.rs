@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-use crate::cache::sha256_of;
-use crate::diffusion::{Family, FileRole};
+use crate::digest::sha256_of;
+use crate::family::{Family, FileRole};
 use crate::manifest::{
     Defaults, Limits, MANIFEST_SCHEMA, ModelFile, ModelManifest, Resources, manifest_key,
     model_prefix,
@@ -145,6 +145,7 @@ pub async fn import_folder(
             .unwrap_or_else(|| format!("{family} model imported from {}", folder.display())),
         family: family.to_string(),
         tags: spec.tags,
+        sizes: Vec::new(),
         files,
         defaults: Defaults {
             steps: family.default_steps(),
@@ -156,6 +157,7 @@ pub async fn import_folder(
         limits: Limits {
             max_width: side * 2,
             max_height: side * 2,
+            max_steps: ducks_contract::limits::MAX_STEPS,
             max_images: 4,
         },
         resources: default_resources(family),

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ducks_runner::diffusion::{Family, FileRole};
-use ducks_runner::import::{ImportError, ImportSpec, default_resources, import_folder, role_of};
-use ducks_runner::manifest::{ModelManifest, model_prefix};
-use ducks_runner::storage::{Storage, StorageError};
+use crate::family::{Family, FileRole};
+use crate::import::{ImportError, ImportSpec, default_resources, import_folder, role_of};
+use crate::manifest::{ModelManifest, model_prefix};
+use crate::storage::{Storage, StorageError};
 use hf_hub::api::RepoInfo;
 use hf_hub::api::tokio::{Api, ApiBuilder, ApiError, ApiRepo, Progress};
 use hf_hub::{Cache, Repo, RepoType};

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use ducks_contract::Size;
+
 /// A pipeline family: which architecture, text encoders and scheduler a model uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -17,7 +19,7 @@ pub enum Family {
     /// SDXL-Turbo: the XL architecture distilled for one step without guidance.
     SdxlTurbo,
     /// A tiny, randomly initialised SD for tests and demos; its architecture comes from its
-    /// `config` file (see [`super::create_tiny`]).
+    /// `config` file (ducks-runner's `create_tiny` writes it).
     Tiny,
 }
 
@@ -71,6 +73,18 @@ impl Family {
         }
     }
 
+    /// The sizes a model of this family offers unless its manifest lists its own: the square it
+    /// was trained at, then landscape and portrait at half as wide again.
+    pub fn default_sizes(self) -> Vec<Size> {
+        let side = self.default_size();
+        let long = side + side / 2;
+        vec![
+            Size::new(side, side),
+            Size::new(long, side),
+            Size::new(side, long),
+        ]
+    }
+
     /// The scheduler that runs, by its manifest name.
     pub fn scheduler_name(self) -> &'static str {
         match self {
@@ -84,7 +98,7 @@ impl Family {
         matches!(self, Family::Sdxl | Family::SdxlTurbo)
     }
 
-    /// The file roles [`super::Pipeline::load`] needs for this family.
+    /// The file roles the runner's pipeline needs for this family.
     pub fn required_roles(self) -> &'static [FileRole] {
         use FileRole::*;
         match self {

@@ -1,5 +1,5 @@
-//! The model catalogue in S3: `models/<id>/model.toml` beside each model's files. The runner
-//! loads one manifest; the worker and `ducks models list` load them all.
+//! The models in the bucket: `models/<id>/model.toml` beside each model's files. The runner loads
+//! one manifest; `ducks models list` loads them all; [`crate::index`] keeps them fresh.
 
 use tracing::warn;
 
@@ -7,7 +7,7 @@ use crate::manifest::{ManifestError, ModelManifest, manifest_key};
 use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum CatalogueError {
+pub enum LoadError {
     #[error("There is no model `{0}`.")]
     UnknownModel(String),
     #[error(transparent)]
@@ -17,11 +17,11 @@ pub enum CatalogueError {
 }
 
 /// One model's manifest.
-pub async fn load(storage: &Storage, id: &str) -> Result<ModelManifest, CatalogueError> {
+pub async fn load(storage: &Storage, id: &str) -> Result<ModelManifest, LoadError> {
     let key = manifest_key(id);
     let bytes = storage.get_bytes(&key).await.map_err(|e| match e {
-        StorageError::NotFound { .. } => CatalogueError::UnknownModel(id.to_owned()),
-        other => CatalogueError::Storage(other),
+        StorageError::NotFound { .. } => LoadError::UnknownModel(id.to_owned()),
+        other => LoadError::Storage(other),
     })?;
     let text = String::from_utf8(bytes).map_err(|_| ManifestError {
         location: key.clone(),
@@ -43,9 +43,7 @@ pub async fn load(storage: &Storage, id: &str) -> Result<ModelManifest, Catalogu
 
 /// Every model in the bucket, sorted by id, and the manifests that could not be read (each
 /// reported whole, never half-loaded).
-pub async fn list(
-    storage: &Storage,
-) -> Result<(Vec<ModelManifest>, Vec<CatalogueError>), StorageError> {
+pub async fn list(storage: &Storage) -> Result<(Vec<ModelManifest>, Vec<LoadError>), StorageError> {
     let mut models = Vec::new();
     let mut broken = Vec::new();
     for key in storage.list("models/").await? {
@@ -57,7 +55,7 @@ pub async fn list(
         };
         match load(storage, id).await {
             Ok(manifest) => models.push(manifest),
-            Err(CatalogueError::Storage(e)) => return Err(e),
+            Err(LoadError::Storage(e)) => return Err(e),
             Err(e) => {
                 warn!(message = "Skipped a model whose manifest cannot be used.", error = %e);
                 broken.push(e);

@@ -37,7 +37,7 @@ impl JobState {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         [
             JobState::Queued,
             JobState::Running,
@@ -51,7 +51,8 @@ impl JobState {
     }
 }
 
-/// A job's state as the queue knows it.
+/// A job's state as the queue knows it. Safe to show: the request and the last event come
+/// without the origin's credentials.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub id: JobId,

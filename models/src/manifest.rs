@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use ducks_queue::{ModelInfo, is_valid_model_id, limits};
+use ducks_contract::{GpuNeed, ModelInfo, Size, is_valid_model_id, limits};
 
-use crate::diffusion::{Family, FileRole};
+use crate::family::{Family, FileRole};
 
 /// The manifest schema this build reads and writes.
 pub const MANIFEST_SCHEMA: u32 = 1;
@@ -22,6 +22,10 @@ pub struct ModelManifest {
     pub family: String,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The sizes front ends offer, the default first (`["512x512", "768x512"]`); empty means
+    /// the family's usual ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<Size>,
     pub files: Vec<ModelFile>,
     pub defaults: Defaults,
     pub limits: Limits,
@@ -58,7 +62,14 @@ pub struct Defaults {
 pub struct Limits {
     pub max_width: u32,
     pub max_height: u32,
+    /// The most denoising steps one request may ask for.
+    #[serde(default = "most_steps")]
+    pub max_steps: u32,
     pub max_images: u32,
+}
+
+fn most_steps() -> u32 {
+    limits::MAX_STEPS
 }
 
 /// What one job of this model needs from the cluster.
@@ -214,11 +225,33 @@ impl ModelManifest {
                 limits::MAX_IMAGES
             ));
         }
-        if !(1..=limits::MAX_STEPS).contains(&d.steps) {
+        if !(1..=limits::MAX_STEPS).contains(&l.max_steps) {
             return Err(format!(
-                "key `defaults.steps`: use 1 to {}",
+                "key `limits.max_steps`: use 1 to {}",
                 limits::MAX_STEPS
             ));
+        }
+        if !(1..=l.max_steps).contains(&d.steps) {
+            return Err(format!(
+                "key `defaults.steps`: use 1 to limits.max_steps ({})",
+                l.max_steps
+            ));
+        }
+        for (i, size) in self.sizes.iter().enumerate() {
+            if size.width % limits::SIDE_MULTIPLE != 0
+                || size.height % limits::SIDE_MULTIPLE != 0
+                || size.width.min(size.height) < limits::MIN_SIDE
+                || size.width > l.max_width
+                || size.height > l.max_height
+            {
+                return Err(format!(
+                    "key `sizes[{i}]`: {size} must be multiples of {} from {} up to the limits ({}x{})",
+                    limits::SIDE_MULTIPLE,
+                    limits::MIN_SIDE,
+                    l.max_width,
+                    l.max_height
+                ));
+            }
         }
         if !(d.guidance.is_finite() && (0.0..=limits::MAX_GUIDANCE).contains(&d.guidance)) {
             return Err(format!(
@@ -237,8 +270,21 @@ impl ModelManifest {
         format!("{}{}", model_prefix(&self.id), file.path)
     }
 
-    /// What front ends see of the model.
+    /// What front ends see of the model. `added_at_secs` comes from the bucket (when the manifest
+    /// was written), not from the manifest itself.
     pub fn info(&self) -> ModelInfo {
+        let family = self.family.parse::<Family>().ok();
+        let sizes = if self.sizes.is_empty() {
+            family
+                .map(Family::default_sizes)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| s.width <= self.limits.max_width && s.height <= self.limits.max_height)
+                .collect()
+        } else {
+            self.sizes.clone()
+        };
+        let resources = &self.resources;
         ModelInfo {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -250,7 +296,15 @@ impl ModelManifest {
             default_guidance: self.defaults.guidance,
             max_width: self.limits.max_width,
             max_height: self.limits.max_height,
+            max_steps: self.limits.max_steps,
             max_images: self.limits.max_images,
+            sizes,
+            gpu: GpuNeed {
+                count: resources.gpus,
+                min_memory_gib: resources.min_gpu_memory_gib,
+                products: resources.gpu_products.clone(),
+            },
+            added_at_secs: None,
             tags: self.tags.clone(),
         }
     }
@@ -336,7 +390,13 @@ memory = "1Gi"
             manifest.key_of(&manifest.files[0]),
             "models/tiny-sd/unet.safetensors"
         );
-        assert_eq!(manifest.info().max_images, 4);
+        let info = manifest.info();
+        assert_eq!((info.max_images, info.max_steps), (4, 150));
+        assert_eq!(
+            info.sizes,
+            [Size::new(64, 64), Size::new(96, 64), Size::new(64, 96)],
+            "tiny-sd's usual sizes"
+        );
     }
 
     /// Each case edits the good manifest and expects an error mentioning the given text.
@@ -347,6 +407,26 @@ memory = "1Gi"
             ("schema = 1\n", "", "missing key `schema`"),
             ("steps = 2", "steps = \"two\"", "line 40"),
             ("steps = 2", "steps = 0", "key `defaults.steps`"),
+            (
+                "max_images = 4",
+                "max_images = 4\nmax_steps = 1",
+                "key `defaults.steps`: use 1 to limits.max_steps (1)",
+            ),
+            (
+                "max_images = 4",
+                "max_images = 4\nmax_steps = 151",
+                "key `limits.max_steps`",
+            ),
+            (
+                "tags = [\"test\"]",
+                "tags = [\"test\"]\nsizes = [\"64x64\", \"512x512\"]",
+                "key `sizes[1]`: 512x512",
+            ),
+            (
+                "tags = [\"test\"]",
+                "tags = [\"test\"]\nsizes = [\"big\"]",
+                "not a size",
+            ),
             ("width = 64", "width = 65", "key `defaults.width`"),
             (
                 "max_width = 256",

@@ -1,26 +1,35 @@
-//! The worker's copy of the model catalogue: manifests read from S3, kept fresh cheaply (only
-//! manifests whose version (ETag, size, time) changed are read again), and published to Redis for
-//! front ends.
+//! [`ManifestIndex`]: the bucket's manifests held in memory and kept fresh cheaply (only
+//! manifests whose version (ETag, size, time) changed are read again), and the
+//! [`ModelCatalogue`] snapshot made from them for front ends. Whoever holds the index (the
+//! worker) publishes the snapshot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use ducks_queue::{ModelCatalogue, Queue, queue::now_ms};
-use ducks_runner::catalogue::{self as bucket_catalogue, CatalogueError};
-use ducks_runner::manifest::ModelManifest;
-use ducks_runner::storage::{Storage, StorageError};
+use ducks_contract::ModelCatalogue;
 use tracing::{info, warn};
 
-/// The manifests this worker knows, by model id. Cheap to clone; clones share one map.
+use crate::bucket::{self, LoadError};
+use crate::manifest::ModelManifest;
+use crate::storage::{Storage, StorageError};
+
+/// The manifests known, by model id. Cheap to clone; clones share one map.
 #[derive(Clone, Default)]
-pub struct Catalogue {
+pub struct ManifestIndex {
     inner: Arc<RwLock<Known>>,
+}
+
+/// One manifest and what identifies the version it was read from.
+struct Entry {
+    version: String,
+    /// When the manifest was written to the bucket (Unix seconds), if the listing said.
+    modified_secs: Option<u64>,
+    manifest: ModelManifest,
 }
 
 #[derive(Default)]
 struct Known {
-    /// Model id → (manifest version, manifest).
-    models: HashMap<String, (String, ModelManifest)>,
+    models: HashMap<String, Entry>,
     /// Whether one refresh has completed (readiness).
     loaded: bool,
     /// Something changed since the snapshot was last published to Redis.
@@ -38,7 +47,7 @@ pub enum Lookup {
     },
 }
 
-impl Catalogue {
+impl ManifestIndex {
     pub fn is_loaded(&self) -> bool {
         self.read().loaded
     }
@@ -82,17 +91,22 @@ impl Catalogue {
                 }
             },
         };
-        if let Some((_, manifest)) = self.read().models.get(&id) {
-            return Ok(Lookup::Found(Box::new(manifest.clone())));
+        if let Some(entry) = self.read().models.get(&id) {
+            return Ok(Lookup::Found(Box::new(entry.manifest.clone())));
         }
-        match bucket_catalogue::load(storage, &id).await {
+        match bucket::load(storage, &id).await {
             Ok(manifest) => {
                 let mut known = self.write();
-                known.models.insert(id, (String::new(), manifest.clone()));
+                let entry = Entry {
+                    version: String::new(),
+                    modified_secs: None,
+                    manifest: manifest.clone(),
+                };
+                known.models.insert(id, entry);
                 known.unpublished = true;
                 Ok(Lookup::Found(Box::new(manifest)))
             }
-            Err(CatalogueError::Storage(e)) => Err(e),
+            Err(LoadError::Storage(e)) => Err(e),
             Err(_) => Ok(Lookup::Unknown {
                 id: Some(id),
                 available: self.ids(),
@@ -103,7 +117,7 @@ impl Catalogue {
     /// Reads the manifests that changed since the last refresh and drops the removed ones.
     /// Returns whether anything changed.
     pub async fn refresh(&self, storage: &Storage) -> Result<bool, StorageError> {
-        let listed: HashMap<String, String> = storage
+        let listed: HashMap<String, (String, Option<u64>)> = storage
             .list_objects("models/")
             .await?
             .into_iter()
@@ -113,22 +127,35 @@ impl Catalogue {
                     .strip_prefix("models/")?
                     .strip_suffix("/model.toml")?
                     .to_owned();
-                Some((id, object.version()))
+                Some((id, (object.version(), object.modified_secs)))
             })
             .collect();
         let stale: Vec<String> = {
             let known = self.read();
             listed
                 .iter()
-                .filter(|(id, etag)| known.models.get(*id).is_none_or(|(seen, _)| seen != *etag))
+                .filter(|(id, (version, _))| {
+                    known
+                        .models
+                        .get(*id)
+                        .is_none_or(|seen| &seen.version != version)
+                })
                 .map(|(id, _)| id.clone())
                 .collect()
         };
         let mut fresh = Vec::new();
         for id in stale {
-            match bucket_catalogue::load(storage, &id).await {
-                Ok(manifest) => fresh.push((id.clone(), listed[&id].clone(), manifest)),
-                Err(CatalogueError::Storage(e)) => return Err(e),
+            match bucket::load(storage, &id).await {
+                Ok(manifest) => {
+                    let (version, modified_secs) = listed[&id].clone();
+                    let entry = Entry {
+                        version,
+                        modified_secs,
+                        manifest,
+                    };
+                    fresh.push((id.clone(), entry))
+                }
+                Err(LoadError::Storage(e)) => return Err(e),
                 Err(e) => {
                     warn!(message = "Skipped a model whose manifest cannot be used.", model = %id, error = %e)
                 }
@@ -138,19 +165,27 @@ impl Catalogue {
         let before = known.models.len();
         known.models.retain(|id, _| listed.contains_key(id));
         let changed = !fresh.is_empty() || known.models.len() != before || !known.loaded;
-        for (id, etag, manifest) in fresh {
+        for (id, entry) in fresh {
             info!(message = "Loaded a model manifest.", model = %id);
-            known.models.insert(id, (etag, manifest));
+            known.models.insert(id, entry);
         }
         known.loaded = true;
         known.unpublished |= changed;
         Ok(changed)
     }
 
-    /// The snapshot front ends read.
-    pub fn snapshot(&self, default_model: &str) -> ModelCatalogue {
+    /// The snapshot front ends read, stamped `updated_at_ms`.
+    pub fn snapshot(&self, default_model: &str, updated_at_ms: u64) -> ModelCatalogue {
         let known = self.read();
-        let mut models: Vec<_> = known.models.values().map(|(_, m)| m.info()).collect();
+        let mut models: Vec<_> = known
+            .models
+            .values()
+            .map(|entry| {
+                let mut info = entry.manifest.info();
+                info.added_at_secs = entry.modified_secs;
+                info
+            })
+            .collect();
         models.sort_by(|a, b| a.id.cmp(&b.id));
         let default_model = if default_model.is_empty() && models.len() == 1 {
             Some(models[0].id.clone())
@@ -160,32 +195,17 @@ impl Catalogue {
         ModelCatalogue {
             default_model,
             models,
-            updated_at_ms: now_ms(),
+            updated_at_ms,
         }
     }
 
-    /// Refreshes from S3 and, when something changed, publishes the snapshot to Redis.
-    pub async fn sync(
-        &self,
-        storage: &Storage,
-        queue: &Queue,
-        default_model: &str,
-    ) -> Result<(), SyncError> {
-        self.refresh(storage).await?;
-        // A change a lookup's refresh saw, or one whose publish failed, is published now.
-        let pending = std::mem::take(&mut self.write().unpublished);
-        if pending && let Err(e) = queue.publish_models(&self.snapshot(default_model)).await {
-            self.write().unpublished = true;
-            return Err(e.into());
-        }
-        Ok(())
+    /// Whether something changed since the snapshot was last taken for publishing; clears the
+    /// mark. A publisher that fails calls [`ManifestIndex::mark_unpublished`] to try again.
+    pub fn take_unpublished(&self) -> bool {
+        std::mem::take(&mut self.write().unpublished)
     }
-}
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Queue(#[from] ducks_queue::QueueError),
+    pub fn mark_unpublished(&self) {
+        self.write().unpublished = true;
+    }
 }

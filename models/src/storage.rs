@@ -1,5 +1,5 @@
 //! S3 through `aws-sdk-s3`: the bucket that holds model weights and generated images. Used by the
-//! runner, and by the worker and `ducks models` for the catalogue.
+//! runner, the worker, `ducks models`, and the API for the images it serves.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, timeout::TimeoutC
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use ducks_contract::Secret;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
@@ -22,7 +23,7 @@ pub struct S3Config {
     pub bucket: String,
     pub access_key_id: String,
     /// Never printed: `Debug` shows `[redacted]`.
-    pub secret_access_key: ducks_queue::Redacted,
+    pub secret_access_key: Secret,
     /// Path-style URLs (`endpoint/bucket/key`), which S3-compatible servers need.
     pub force_path_style: bool,
 }
@@ -34,7 +35,7 @@ impl Default for S3Config {
             region: "us-east-1".into(),
             bucket: "ducks".into(),
             access_key_id: String::new(),
-            secret_access_key: ducks_queue::Redacted(String::new()),
+            secret_access_key: Secret::default(),
             force_path_style: false,
         }
     }
@@ -51,6 +52,8 @@ pub struct ObjectSummary {
     pub etag: String,
     pub size: u64,
     pub last_modified: String,
+    /// The same time as Unix seconds, when the server lists one.
+    pub modified_secs: Option<u64>,
 }
 
 impl ObjectSummary {
@@ -93,7 +96,7 @@ impl Storage {
         if !config.access_key_id.is_empty() {
             loader = loader.credentials_provider(Credentials::new(
                 &config.access_key_id,
-                &config.secret_access_key.0,
+                config.secret_access_key.expose(),
                 None,
                 None,
                 "ducks-config",
@@ -226,6 +229,7 @@ impl Storage {
                     etag: o.e_tag().unwrap_or_default().to_owned(),
                     size: o.size().unwrap_or_default().max(0) as u64,
                     last_modified: o.last_modified().map(|t| t.to_string()).unwrap_or_default(),
+                    modified_secs: o.last_modified().and_then(|t| u64::try_from(t.secs()).ok()),
                 })
             }));
         }

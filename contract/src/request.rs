@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::JobId;
+use crate::{JobId, Secret};
 
 /// Limits that every request must respect, whatever the model. Models may narrow them further.
 pub mod limits {
@@ -182,6 +182,25 @@ impl JobRequest {
     pub fn requester_key(&self) -> String {
         format!("{}:{}", self.origin.kind(), self.requester.id)
     }
+
+    /// Whose idempotency keys this request's key is compared with: an API client's (one key of
+    /// a client's never returns another client's job), or the requester's on their platform.
+    pub fn idempotency_scope(&self) -> String {
+        match &self.origin {
+            Origin::Api {
+                client: Some(client),
+            } => format!("api-client:{client}"),
+            _ => self.requester_key(),
+        }
+    }
+
+    /// The request as it may be shown or passed on: without the origin's credentials.
+    pub fn without_secrets(&self) -> JobRequest {
+        JobRequest {
+            origin: self.origin.without_secrets(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Model ids become S3 prefixes and label values: keep them short and plain.
@@ -206,8 +225,11 @@ pub struct ValidationError(pub String);
 pub enum Origin {
     Discord {
         application_id: String,
-        /// Valid for 15 minutes; lets the bot edit its deferred reply.
-        interaction_token: Redacted,
+        /// Valid for 15 minutes; lets the bot edit its deferred reply. A credential: it stays on
+        /// the origin's own event stream and is stripped from everything shown or passed on
+        /// ([`Origin::without_secrets`]).
+        #[serde(default, skip_serializing_if = "Secret::is_empty")]
+        interaction_token: Secret,
         channel_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guild_id: Option<String>,
@@ -241,8 +263,62 @@ impl Origin {
         }
     }
 
-    /// Every origin kind, for tools that read all event streams.
-    pub const KINDS: [&'static str; 5] = ["discord", "twitch", "api", "cli", "redis"];
+    /// The community the job belongs to: what per-scope limits count by and what a moderator
+    /// may act on. A Discord guild (or the channel, outside guilds), a Twitch channel, an API
+    /// client; the command line and raw Redis clients are one scope each.
+    pub fn scope(&self) -> Scope {
+        let name = match self {
+            Origin::Discord {
+                guild_id,
+                channel_id,
+                ..
+            } => guild_id.as_deref().unwrap_or(channel_id).to_owned(),
+            Origin::Twitch { channel, .. } => channel.clone(),
+            Origin::Api { client } => client.clone().unwrap_or_default(),
+            Origin::Cli | Origin::Redis => String::new(),
+        };
+        Scope {
+            kind: self.kind(),
+            name,
+        }
+    }
+
+    /// The origin with its credentials removed, for everything that shows a job or passes it
+    /// on: status, the runner, a Kubernetes Job, watchers.
+    pub fn without_secrets(&self) -> Origin {
+        match self {
+            Origin::Discord {
+                application_id,
+                channel_id,
+                guild_id,
+                ..
+            } => Origin::Discord {
+                application_id: application_id.clone(),
+                interaction_token: Secret::default(),
+                channel_id: channel_id.clone(),
+                guild_id: guild_id.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// A community of requesters, written `kind:name` (`twitch:ducks`, `discord:1234`, `api:acme`),
+/// or just `kind` where the origin has no communities (`cli`, `redis`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            f.write_str(self.kind)
+        } else {
+            write!(f, "{}:{}", self.kind, self.name)
+        }
+    }
 }
 
 /// The person (or program) on whose behalf a job runs; per-requester limits count by this.
@@ -262,17 +338,6 @@ impl Default for Requester {
             id: "anonymous".into(),
             name: None,
         }
-    }
-}
-
-/// A string that serializes as itself but never appears in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Redacted(pub String);
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
     }
 }
 
@@ -395,7 +460,7 @@ mod tests {
         let origins = [
             Origin::Discord {
                 application_id: "1".into(),
-                interaction_token: Redacted("secret".into()),
+                interaction_token: Secret::new("secret"),
                 channel_id: "2".into(),
                 guild_id: Some("3".into()),
             },
@@ -429,48 +494,80 @@ mod tests {
     }
 
     #[test]
-    fn decoding_errors_name_the_problem() {
-        let table = [
-            (
-                r#"{"prompt":"a"}"#,
-                "The job message is malformed: missing field `v` (the message version, 1).",
-            ),
-            (
-                r#"{"v":2,"prompt":"a","new":true}"#,
-                "The job message is version 2, newer than this DUCKS understands (1). Upgrade DUCKS.",
-            ),
-            (
-                r#"{"v":1,"promt":"a"}"#,
-                "The job message is malformed: unknown field `promt`",
-            ),
-            (
-                r#"{"v":1,"prompt":"a","id":"Bad Id"}"#,
-                "The job message is malformed: `Bad Id` is not a job id",
-            ),
-            ("not json", "The job message is malformed: expected ident"),
-            (
-                "[1]",
-                "The job message is malformed: expected a JSON object.",
-            ),
-        ];
-        for (json, expect) in table {
-            let err = wire::decode::<JobRequest>("job", json)
-                .unwrap_err()
-                .to_string();
-            assert!(err.starts_with(expect), "{json}: got {err}");
-        }
-    }
-
-    #[test]
     fn secrets_stay_out_of_debug_output() {
         let origin = Origin::Discord {
             application_id: "1".into(),
-            interaction_token: Redacted("very-secret-token".into()),
+            interaction_token: Secret::new("very-secret-token"),
             channel_id: "2".into(),
             guild_id: None,
         };
         let debug = format!("{:?}", JobRequest::new("p", origin));
         assert!(!debug.contains("very-secret-token"), "{debug}");
         assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn scopes_name_the_community() {
+        let discord = |guild: Option<&str>| Origin::Discord {
+            application_id: "1".into(),
+            interaction_token: Secret::new("t"),
+            channel_id: "22".into(),
+            guild_id: guild.map(str::to_owned),
+        };
+        let table = [
+            (discord(Some("33")), "discord:33"),
+            (discord(None), "discord:22"),
+            (
+                Origin::Twitch {
+                    channel: "ducks".into(),
+                    message_id: None,
+                },
+                "twitch:ducks",
+            ),
+            (
+                Origin::Api {
+                    client: Some("acme".into()),
+                },
+                "api:acme",
+            ),
+            (Origin::Api { client: None }, "api"),
+            (Origin::Cli, "cli"),
+            (Origin::Redis, "redis"),
+        ];
+        for (origin, scope) in table {
+            assert_eq!(origin.scope().to_string(), scope, "{origin:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_is_scoped_to_the_api_client_or_the_requester() {
+        let mut api = JobRequest::new(
+            "p",
+            Origin::Api {
+                client: Some("acme".into()),
+            },
+        );
+        api.requester.id = "user-7".into();
+        assert_eq!(api.idempotency_scope(), "api-client:acme");
+        let mut cli = request();
+        cli.requester.id = "ann".into();
+        assert_eq!(cli.idempotency_scope(), "cli:ann");
+    }
+
+    #[test]
+    fn without_secrets_drops_the_interaction_token_from_the_wire_form() {
+        let origin = Origin::Discord {
+            application_id: "1".into(),
+            interaction_token: Secret::new("very-secret-token"),
+            channel_id: "2".into(),
+            guild_id: None,
+        };
+        let job = JobRequest::new("p", origin);
+        assert!(wire::encode(&job).contains("very-secret-token"));
+        let shown = wire::encode(&job.without_secrets());
+        assert!(
+            !shown.contains("very-secret-token") && !shown.contains("interaction_token"),
+            "{shown}"
+        );
     }
 }

@@ -1,0 +1,139 @@
+//! Permanent image links: `<base>/i/<slug>`, where the slug carries the image's object key and a
+//! signature over it. A link works as long as the object exists: after the job's status has
+//! expired, and whatever id a client chose for the job. It cannot be guessed or altered, because
+//! only holders of `links.signing_key` (the worker, which makes links, and the API, which serves
+//! them) can sign a key.
+//!
+//! Slug format: `base64url(key) "." base64url(first 12 bytes of HMAC-SHA256(signing key, key))`,
+//! unpadded. Twelve bytes (96 bits) keep the link short while leaving forgery out of reach.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::Secret;
+
+/// Signature bytes kept in a slug.
+const SIGNATURE_BYTES: usize = 12;
+/// Object keys are at most 1,024 bytes in S3; a slug longer than a key that long is not one.
+const MAX_SLUG_CHARS: usize = 1_400;
+
+/// Why a slug does not name an image; each is a 404 to whoever asked, and says why in the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("the link is not in the DUCKS format")]
+    Malformed,
+    #[error("the link's signature does not match (altered, or signed with another key)")]
+    BadSignature,
+}
+
+/// The slug of `key`.
+///
+/// # Panics
+/// Never: HMAC takes keys of any length.
+pub fn slug(key: &str, signing_key: &Secret) -> String {
+    let signature = sign(key, signing_key).finalize().into_bytes();
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(key),
+        URL_SAFE_NO_PAD.encode(&signature[..SIGNATURE_BYTES])
+    )
+}
+
+/// `<base_url>/i/<slug>`.
+pub fn permanent_link(base_url: &str, key: &str, signing_key: &Secret) -> String {
+    format!(
+        "{}/i/{}",
+        base_url.trim_end_matches('/'),
+        slug(key, signing_key)
+    )
+}
+
+/// The object key a slug names, once its signature is checked (in constant time).
+pub fn key_of(slug: &str, signing_key: &Secret) -> Result<String, LinkError> {
+    if slug.len() > MAX_SLUG_CHARS {
+        return Err(LinkError::Malformed);
+    }
+    let (key, signature) = slug.split_once('.').ok_or(LinkError::Malformed)?;
+    let key = URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|key| !key.is_empty())
+        .ok_or(LinkError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| LinkError::Malformed)?;
+    if signature.len() != SIGNATURE_BYTES {
+        return Err(LinkError::Malformed);
+    }
+    sign(&key, signing_key)
+        .verify_truncated_left(&signature)
+        .map_err(|_| LinkError::BadSignature)?;
+    Ok(key)
+}
+
+fn sign(key: &str, signing_key: &Secret) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(signing_key.expose().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(key.as_bytes());
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "images/2026/12/01/019ad5f2-3c4e-7abc-8def-0123456789ab/1764622800000-0.png";
+
+    fn secret() -> Secret {
+        Secret::new("a signing key shared by worker and API")
+    }
+
+    #[test]
+    fn a_slug_round_trips_and_is_url_safe() {
+        let slug = slug(KEY, &secret());
+        assert!(
+            slug.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "{slug}"
+        );
+        assert_eq!(key_of(&slug, &secret()), Ok(KEY.to_owned()));
+        assert_eq!(
+            permanent_link("https://ducks.example.com/", KEY, &secret()),
+            format!("https://ducks.example.com/i/{slug}")
+        );
+    }
+
+    #[test]
+    fn the_same_key_always_gives_the_same_slug() {
+        assert_eq!(slug(KEY, &secret()), slug(KEY, &secret()));
+        assert_ne!(slug(KEY, &secret()), slug(KEY, &Secret::new("another key")));
+    }
+
+    #[test]
+    fn altered_or_foreign_slugs_are_refused() {
+        let good = slug(KEY, &secret());
+        let (encoded_key, signature) = good.split_once('.').unwrap();
+        let other_key = URL_SAFE_NO_PAD.encode("images/someone-else.png");
+        let table = [
+            (format!("{other_key}.{signature}"), LinkError::BadSignature),
+            (
+                slug(KEY, &Secret::new("another key")),
+                LinkError::BadSignature,
+            ),
+            (
+                format!("{encoded_key}.{}", &signature[1..]),
+                LinkError::Malformed,
+            ),
+            (encoded_key.to_owned(), LinkError::Malformed),
+            (format!(".{signature}"), LinkError::Malformed),
+            ("%%%.AAAA".to_owned(), LinkError::Malformed),
+            ("a".repeat(MAX_SLUG_CHARS + 1), LinkError::Malformed),
+        ];
+        for (slug, expect) in table {
+            assert_eq!(key_of(&slug, &secret()), Err(expect), "{slug}");
+        }
+    }
+}
