@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ducks_contract::{EventKind, ImageRef, JobId};
-use ducks_queue::{JobWatch, Queue};
+use ducks_contract::{EventKind, ImageRef, JobId, JobRequest};
+use ducks_queue::{EventTail, JobWatch, Queue, Submitted};
 
 use crate::Error;
 
@@ -20,80 +20,98 @@ pub struct Followed {
     pub images: Vec<(String, PathBuf)>,
 }
 
+/// Submits `request` (checked against the model catalogue) with a watch on its events started
+/// first, so none is missed; a duplicate submit watches the first job instead.
+pub async fn submit_and_watch(
+    queue: &Queue,
+    mut request: JobRequest,
+) -> Result<(Submitted, EventTail, JobWatch), Error> {
+    let id = request.id.get_or_insert_with(JobId::generate).clone();
+    let tail = EventTail::start(queue, request.origin.kind()).await?;
+    let watch = tail.watch(&id).await?;
+    let submitted = queue.submit_checked(request).await?;
+    let watch = match &submitted {
+        Submitted::Queued { .. } => watch,
+        Submitted::Duplicate { id } => tail.watch(id).await?,
+    };
+    Ok((submitted, tail, watch))
+}
+
 /// Prints the job's progress until its terminal event (or `limit`), then saves its images under
 /// `out_dir`.
 pub async fn follow(
-    queue: &Queue,
-    id: &JobId,
-    origin_kind: &str,
-    submitted_ms: u64,
+    mut watch: JobWatch,
     out_dir: &Path,
     limit: Duration,
 ) -> Result<Followed, Error> {
-    let mut watch = JobWatch::new(queue, origin_kind, id, submitted_ms).await?;
+    let id = watch.job_id().clone();
+    let id = &id;
     let started = Instant::now();
     let mut progress_shown = false;
     loop {
-        if started.elapsed() > limit {
-            return Err(format!(
-                "No result after {} s; the job goes on: `ducks status {id}` shows where it is.",
-                limit.as_secs()
-            )
-            .into());
-        }
-        for event in watch.next(Duration::from_secs(1)).await? {
-            if progress_shown && !matches!(event.kind, EventKind::Progress { .. }) {
-                eprintln!();
-                progress_shown = false;
+        let left = limit.saturating_sub(started.elapsed());
+        let event = match tokio::time::timeout(left, watch.next()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Err("the job queue stopped answering".into()),
+            Err(_) => {
+                return Err(format!(
+                    "No result after {} s; the job goes on: `ducks status {id}` shows where it is.",
+                    limit.as_secs()
+                )
+                .into());
             }
-            match event.kind {
-                EventKind::Queued { position } => eprintln!("Queued (position {position})."),
-                EventKind::Starting { message, .. } => eprintln!("{message}"),
-                EventKind::Progress { step, total } => {
-                    let bar = progress_bar(step, total, 30);
-                    let tail = if step == total { " uploading…" } else { "" };
-                    eprint!("\r[{bar}] step {step} of {total}{tail}   ");
-                    let _ = std::io::stderr().flush();
-                    progress_shown = true;
-                }
-                EventKind::Retrying {
-                    attempt,
-                    retry_in_ms,
-                    message,
-                } => eprintln!(
-                    "{message} Retrying (attempt {}) in {:.1} s.",
-                    attempt + 1,
-                    retry_in_ms as f64 / 1000.0
-                ),
-                EventKind::Succeeded { images, timings } => {
-                    eprintln!(
-                        "Done in {:.1} s (queued {:.1} s, start-up {:.1} s, generation {:.1} s, upload {:.1} s).",
-                        timings.total_ms as f64 / 1000.0,
-                        timings.queue_ms as f64 / 1000.0,
-                        timings.startup_ms as f64 / 1000.0,
-                        timings.generate_ms as f64 / 1000.0,
-                        timings.upload_ms as f64 / 1000.0,
-                    );
-                    let images = save_all(&images, id, out_dir).await?;
-                    return Ok(Followed {
-                        succeeded: true,
-                        images,
-                    });
-                }
-                EventKind::Failed { code, message, .. } => {
-                    eprintln!("Failed ({}): {message}", code.as_str());
-                    return Ok(Followed {
-                        succeeded: false,
-                        images: Vec::new(),
-                    });
-                }
-                EventKind::Cancelled => {
-                    eprintln!("Cancelled.");
-                    return Ok(Followed {
-                        succeeded: false,
-                        images: Vec::new(),
-                    });
-                }
+        };
+        if progress_shown && !matches!(event.kind, EventKind::Progress { .. }) {
+            eprintln!();
+            progress_shown = false;
+        }
+        match event.kind {
+            EventKind::Queued { position } => eprintln!("Queued (position {position})."),
+            EventKind::Starting { message, .. } => eprintln!("{message}"),
+            EventKind::Progress { step, total } => {
+                let bar = progress_bar(step, total, 30);
+                let tail = if step == total { " uploading…" } else { "" };
+                eprint!("\r[{bar}] step {step} of {total}{tail}   ");
+                let _ = std::io::stderr().flush();
+                progress_shown = true;
+            }
+            EventKind::Retrying {
+                attempt,
+                retry_in_ms,
+                message,
+            } => eprintln!(
+                "{message} Retrying (attempt {}) in {:.1} s.",
+                attempt + 1,
+                retry_in_ms as f64 / 1000.0
+            ),
+            EventKind::Succeeded { images, timings } => {
+                eprintln!(
+                    "Done in {:.1} s (queued {:.1} s, start-up {:.1} s, generation {:.1} s, upload {:.1} s).",
+                    timings.total_ms as f64 / 1000.0,
+                    timings.queue_ms as f64 / 1000.0,
+                    timings.startup_ms as f64 / 1000.0,
+                    timings.generate_ms as f64 / 1000.0,
+                    timings.upload_ms as f64 / 1000.0,
+                );
+                let images = save_all(&images, id, out_dir).await?;
+                return Ok(Followed {
+                    succeeded: true,
+                    images,
+                });
+            }
+            EventKind::Failed { code, message, .. } => {
+                eprintln!("Failed ({}): {message}", code.as_str());
+                return Ok(Followed {
+                    succeeded: false,
+                    images: Vec::new(),
+                });
+            }
+            EventKind::Cancelled => {
+                eprintln!("Cancelled.");
+                return Ok(Followed {
+                    succeeded: false,
+                    images: Vec::new(),
+                });
             }
         }
     }

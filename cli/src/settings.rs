@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use ducks_contract::Secret;
+use ducks_contract::links::LinkConfig;
 use ducks_models::S3Config;
 use ducks_queue::{Queue, QueueConfig, QueueError, RedisTarget};
 use ducks_runner::run::RunnerConfig;
@@ -21,6 +22,7 @@ pub struct Settings {
     pub s3: S3Config,
     pub runner: RunnerConfig,
     pub worker: WorkerConfig,
+    pub links: LinkConfig,
     pub dev: DevSettings,
     pub log: LogSettings,
 }
@@ -234,6 +236,10 @@ mod tests {
             (
                 "WORKER",
                 serde_json::to_value(WorkerConfig::default()).unwrap(),
+            ),
+            (
+                "LINKS",
+                serde_json::to_value(LinkConfig::default()).unwrap(),
             ),
             ("DEV", serde_json::to_value(DevSettings::default()).unwrap()),
         ];

@@ -33,7 +33,7 @@ pub use id::JobId;
 pub use model::{CheckError, GpuNeed, ModelCatalogue, ModelInfo, Size, unknown_model_message};
 pub use params::GenerateParams;
 pub use request::{
-    JobRequest, Origin, Requester, Scope, ValidationError, is_valid_model_id, limits,
+    Caller, JobRequest, Origin, Requester, Scope, ValidationError, is_valid_model_id, limits,
 };
 pub use runner::{Image, Line, RunError, RunFailure, RunPhase, RunResult, RunTimings, RunnerJob};
 pub use secret::Secret;

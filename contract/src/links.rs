@@ -10,9 +10,39 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::Secret;
+
+/// How image links are made (`[links]`, `DUCKS_LINKS__*`): the worker makes them, the API serves
+/// the permanent ones, and both read these settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// The secret that signs permanent links; the worker and the API must share it. Changing it
+    /// breaks every link made before.
+    pub signing_key: Secret,
+    /// The API's public address (`https://ducks.example.com`): when set, with a signing key,
+    /// images get permanent links `<base_url>/i/<slug>`.
+    pub base_url: String,
+    /// Otherwise, a CDN in front of the bucket or a public bucket: links are this URL + `/` + the
+    /// object key, and last as long as the object.
+    pub cdn_base_url: String,
+    /// Otherwise, presigned S3 links that expire after this long (at most 7 days, 604800).
+    pub presign_ttl_secs: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: Secret::default(),
+            base_url: String::new(),
+            cdn_base_url: String::new(),
+            presign_ttl_secs: 24 * 3600,
+        }
+    }
+}
 
 /// Signature bytes kept in a slug.
 const SIGNATURE_BYTES: usize = 12;

@@ -303,12 +303,61 @@ impl Origin {
     }
 }
 
+/// Who asks to act on a job (cancel it), as the front end that took the request knows them.
+/// The front end decides: a Discord bot from the interaction's member and permissions, the Twitch
+/// bot from the message's badges, the API from its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A person, named as requests from them are: their platform and their id on it.
+    Requester {
+        origin_kind: &'static str,
+        id: String,
+    },
+    /// A moderator of one scope (a Discord guild's admin, a Twitch channel's moderator, an API
+    /// admin key): any job of that scope, and their own.
+    Moderator {
+        origin_kind: &'static str,
+        id: String,
+        scope: Scope,
+    },
+    /// Whoever holds the queue itself (`ducks cancel` on the operator's machine): any job.
+    Operator,
+}
+
+impl Caller {
+    /// Whether this caller may cancel `job`.
+    pub fn may_cancel(&self, job: &JobRequest) -> bool {
+        let own = |kind: &str, id: &str| job.origin.kind() == kind && job.requester.id == id;
+        match self {
+            Caller::Requester { origin_kind, id } => own(origin_kind, id),
+            Caller::Moderator {
+                origin_kind,
+                id,
+                scope,
+            } => own(origin_kind, id) || job.origin.scope() == *scope,
+            Caller::Operator => true,
+        }
+    }
+}
+
 /// A community of requesters, written `kind:name` (`twitch:ducks`, `discord:1234`, `api:acme`),
 /// or just `kind` where the origin has no communities (`cli`, `redis`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub kind: &'static str,
     pub name: String,
+}
+
+impl Scope {
+    /// What a person calls this scope, for refusals ("This channel already has …").
+    pub fn noun(&self) -> &'static str {
+        match self.kind {
+            "discord" => "server",
+            "twitch" => "channel",
+            "api" => "API client",
+            _ => "queue",
+        }
+    }
 }
 
 impl fmt::Display for Scope {
@@ -536,6 +585,36 @@ mod tests {
         ];
         for (origin, scope) in table {
             assert_eq!(origin.scope().to_string(), scope, "{origin:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_requester_a_moderator_of_the_scope_or_an_operator_may_cancel() {
+        let twitch = |channel: &str| Origin::Twitch {
+            channel: channel.into(),
+            message_id: None,
+        };
+        let mut job = JobRequest::new("p", twitch("ducks"));
+        job.requester.id = "ann".into();
+        let requester = |kind, id: &str| Caller::Requester {
+            origin_kind: kind,
+            id: id.into(),
+        };
+        let moderator = |channel: &str| Caller::Moderator {
+            origin_kind: "twitch",
+            id: "mod".into(),
+            scope: twitch(channel).scope(),
+        };
+        let table = [
+            (requester("twitch", "ann"), true),
+            (requester("twitch", "bob"), false),
+            (requester("discord", "ann"), false),
+            (moderator("ducks"), true),
+            (moderator("geese"), false),
+            (Caller::Operator, true),
+        ];
+        for (caller, allowed) in table {
+            assert_eq!(caller.may_cancel(&job), allowed, "{caller:?}");
         }
     }
 

@@ -64,7 +64,8 @@ pub struct JobStatus {
     pub cancel_requested: bool,
     pub submitted_at_ms: u64,
     pub updated_at_ms: u64,
-    pub request: JobRequest,
+    /// `None` for a job whose entry could not be read (it failed as `invalid_request`).
+    pub request: Option<JobRequest>,
     /// The newest event written for the job.
     pub last_event: Option<JobEvent>,
 }

@@ -14,7 +14,7 @@ use redis::streams::{StreamClaimReply, StreamId, StreamReadReply};
 use redis::{FromRedisValue, Value};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::connection::{Connection, is_missing_group, is_transient};
 use crate::keys::WORKER_GROUP;
@@ -32,8 +32,12 @@ pub enum Signal {
     Running,
     /// Someone cancelled the job: stop it and complete it with `EventKind::Cancelled`.
     CancelRequested,
-    /// The lease ran out and another consumer took the job: stop it and do not complete it.
+    /// The lease ran out and another consumer took the job, or it ended elsewhere: stop it and do
+    /// not complete it.
     Lost,
+    /// The entry is a second one for a job id that has its own life (docs/job-contract.md): it
+    /// was set aside in the dead letters. Launch nothing, write nothing.
+    Duplicate,
 }
 
 /// Jobs this consumer holds, by stream entry id: what the lease keeper renews.
@@ -50,15 +54,17 @@ impl Held {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn signal(&self, entry: &str, signal: Signal) {
-        if let Some((_, sender)) = self.lock().get(entry) {
-            sender.send_replace(signal);
+    /// Tells the worker holding `entry`; false when no delivery holds it (any more).
+    fn signal(&self, entry: &str, signal: Signal) -> bool {
+        match self.lock().get(entry) {
+            Some((_, sender)) => {
+                sender.send_replace(signal);
+                true
+            }
+            None => false,
         }
     }
 }
-
-/// A consumer silent this long with nothing pending is a dead worker, removed from the group.
-const DEAD_CONSUMER_AFTER: Duration = Duration::from_secs(3600);
 
 /// Finisher calls that may be in flight at once: one can run in Redis while the worker handles the
 /// results of the other.
@@ -301,7 +307,8 @@ impl Consumer {
             if !stale.is_empty() {
                 return Ok(stale);
             }
-            let silent = Duration::from_millis(lease).max(DEAD_CONSUMER_AFTER);
+            let silent = Duration::from_millis(lease)
+                .max(Duration::from_secs(self.queue.config.dead_consumer_secs));
             prune_consumers(&self.queue, &self.queue.keys.jobs(), WORKER_GROUP, silent).await?;
         }
         // Announce the read before looking for prefetches in flight: a finisher call that starts
@@ -495,9 +502,28 @@ impl Consumer {
         let mut job = match decoded {
             Ok(job) => job,
             Err(reason) => {
-                warn!(message = "Moved an undecodable entry to the dead letters.", entry = %entry.id, %reason);
+                warn!(message = "Moved an unreadable entry to the dead letters.", entry = %entry.id, %reason);
                 let raw = raw_fields(&entry);
-                self.dead_letter(&entry.id, &reason, &raw, None).await?;
+                // Where the id and origin can be read, whoever added the entry is told why.
+                let told = wire::sender_of(&payload).map(|(id, origin, requester)| {
+                    let event = wire::encode(&JobEvent {
+                        job_id: id.clone(),
+                        at_ms: now_ms(),
+                        origin: origin.clone(),
+                        requester: requester.clone(),
+                        kind: EventKind::Failed {
+                            code: FailureCode::InvalidRequest,
+                            message: reason.clone(),
+                            retryable: false,
+                        },
+                    });
+                    let request = JobRequest {
+                        requester,
+                        ..JobRequest::new("", origin)
+                    };
+                    Told::new(&self.queue, id, &request, event, String::new())
+                });
+                self.dead_letter(&entry.id, &reason, &raw, told).await?;
                 return Ok(None);
             }
         };
@@ -542,7 +568,14 @@ impl Consumer {
                 retryable: false,
             });
             let raw = raw_fields_of(&delivery);
-            self.dead_letter(&delivery.entry_id, &reason, &raw, Some((&delivery, event)))
+            let told = Told::new(
+                &self.queue,
+                delivery.id.clone(),
+                &delivery.job,
+                event,
+                delivery.payload.clone(),
+            );
+            self.dead_letter(&delivery.entry_id, &reason, &raw, Some(told))
                 .await?;
             return Ok(None);
         }
@@ -578,44 +611,73 @@ impl Consumer {
         entry: &str,
         reason: &str,
         raw: &str,
-        job: Option<(&Delivery, String)>,
+        told: Option<Told>,
     ) -> Result<()> {
         let queue = &self.queue;
         let dlq = queue.keys.dead_letters();
-        let (status, events, in_flight, event, job_id, payload) = match &job {
-            Some((delivery, event)) => (
-                queue.keys.status(&delivery.id),
-                queue.keys.events(delivery.job.origin.kind()),
-                queue.keys.in_flight(&delivery.job.requester_key()),
-                event.as_str(),
-                delivery.id.as_str(),
-                delivery.payload.as_str(),
-            ),
-            None => (dlq.clone(), dlq.clone(), dlq.clone(), "", "", ""),
+        let nobody = || Told {
+            job_id: String::new(),
+            status: dlq.clone(),
+            events: dlq.clone(),
+            in_flight: dlq.clone(),
+            scope_in_flight: dlq.clone(),
+            event: String::new(),
+            payload: String::new(),
         };
+        let told = told.unwrap_or_else(nobody);
         let _: String = queue
             .with_retry(|mut conn, keys| {
                 let mut invocation = scripts::DEAD_LETTER.prepare_invoke();
                 invocation
                     .key(keys.jobs())
                     .key(&dlq)
-                    .key(&status)
-                    .key(&events)
-                    .key(&in_flight)
+                    .key(&told.status)
+                    .key(&told.events)
+                    .key(&told.in_flight)
+                    .key(&told.scope_in_flight)
                     .arg(WORKER_GROUP)
                     .arg(&*self.name)
                     .arg(entry)
                     .arg(reason)
                     .arg(raw)
-                    .arg(queue.config.events_max_len)
-                    .arg(event)
-                    .arg(job_id)
+                    .arg(queue.config.dead_letters_max_len)
+                    .arg(&told.event)
+                    .arg(&told.job_id)
                     .arg(queue.config.status_ttl_secs)
-                    .arg(payload);
+                    .arg(&told.payload)
+                    .arg(queue.config.events_max_age_secs * 1000);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
         Ok(())
+    }
+}
+
+/// A dead letter's job and the Failed event its requester is told, with the keys that reach
+/// them.
+struct Told {
+    job_id: String,
+    status: String,
+    events: String,
+    in_flight: String,
+    scope_in_flight: String,
+    event: String,
+    /// The request as it is kept in the status; empty when it could not be read.
+    payload: String,
+}
+
+impl Told {
+    fn new(queue: &Queue, id: JobId, job: &JobRequest, event: String, payload: String) -> Self {
+        let keys = &queue.keys;
+        Self {
+            status: keys.status(&id),
+            events: keys.events(job.origin.kind()),
+            in_flight: keys.in_flight(&job.requester_key()),
+            scope_in_flight: keys.scope_in_flight(&job.origin.scope().to_string()),
+            job_id: id.to_string(),
+            event,
+            payload,
+        }
     }
 }
 
@@ -645,7 +707,7 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>, prefetc
             );
         }
         for chunk in snapshot.chunks(BATCH) {
-            let renewed: redis::RedisResult<(Vec<String>, Vec<String>)> = queue
+            let renewed: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> = queue
                 .with_retry(|mut conn, keys| {
                     let mut invocation = scripts::RENEW.prepare_invoke();
                     invocation
@@ -660,11 +722,23 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>, prefetc
                 })
                 .await;
             match renewed {
-                Ok((lost, cancel)) => {
-                    for entry in lost {
-                        warn!(message = "Lost the lease of a job; another worker has it.", %entry);
-                        held.signal(&entry, Signal::Lost);
-                        if let Some(prefetch) = prefetch.upgrade() {
+                Ok((taken, gone, cancel)) => {
+                    let prefetch = prefetch.upgrade();
+                    // The snapshot was taken before the script ran: a job finished meanwhile is
+                    // no longer held, and its entry being gone is no news.
+                    for entry in taken {
+                        if held.signal(&entry, Signal::Lost) {
+                            warn!(message = "Lost the lease of a job; another worker has it.", %entry);
+                        }
+                        if let Some(prefetch) = &prefetch {
+                            prefetch.forget(&entry);
+                        }
+                    }
+                    for entry in gone {
+                        if held.signal(&entry, Signal::Lost) {
+                            info!(message = "A job this worker holds ended elsewhere; letting it go.", %entry);
+                        }
+                        if let Some(prefetch) = &prefetch {
                             prefetch.forget(&entry);
                         }
                     }
@@ -684,6 +758,7 @@ struct Finish {
     status: String,
     events: String,
     in_flight: String,
+    scope_in_flight: String,
     job_id: String,
     state: JobState,
     event: String,
@@ -729,13 +804,19 @@ async fn finish_batch(queue: &Queue, consumer: &Arc<str>, batch: Vec<Finish>, pr
             let mut invocation = scripts::COMPLETE.prepare_invoke();
             invocation
                 .key(keys.jobs())
+                .key(keys.dead_letters())
                 .arg(WORKER_GROUP)
                 .arg(&**consumer)
-                .arg(queue.config.events_max_len)
                 .arg(queue.config.status_ttl_secs)
-                .arg(read);
+                .arg(read)
+                .arg(queue.config.dead_letters_max_len)
+                .arg(queue.config.events_max_age_secs * 1000);
             for f in &batch {
-                invocation.key(&f.status).key(&f.events).key(&f.in_flight);
+                invocation
+                    .key(&f.status)
+                    .key(&f.events)
+                    .key(&f.in_flight)
+                    .key(&f.scope_in_flight);
                 invocation
                     .arg(&f.entry)
                     .arg(&f.job_id)
@@ -805,6 +886,17 @@ pub enum Completion {
     AlreadyFinished,
     /// Another consumer holds the job now: nothing was written.
     Lost,
+    /// The entry was a second one for a job id that has its own life: it was set aside in the
+    /// dead letters, and nothing was written for the job.
+    Duplicate,
+}
+
+impl Completion {
+    /// Whether the job's end is written (by this call or an earlier one): only then may a worker
+    /// let go of what it launched for it.
+    pub fn recorded(self) -> bool {
+        matches!(self, Completion::Done | Completion::AlreadyFinished)
+    }
 }
 
 /// What `fail` did.
@@ -901,18 +993,21 @@ impl Delivery {
                     .key(keys.jobs())
                     .key(keys.status(&self.id))
                     .key(keys.events(self.job.origin.kind()))
+                    .key(keys.dead_letters())
                     .arg(WORKER_GROUP)
                     .arg(&*self.consumer)
                     .arg(&self.entry_id)
                     .arg(&event)
-                    .arg(config.events_max_len)
-                    .arg(config.status_ttl_secs);
+                    .arg(config.status_ttl_secs)
+                    .arg(self.id.as_str())
+                    .arg(config.dead_letters_max_len);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
         let signal = match (owner.as_str(), cancel) {
             ("mine", 1) => Signal::CancelRequested,
             ("mine", _) => self.signal(),
+            ("duplicate", _) => Signal::Duplicate,
             _ => Signal::Lost,
         };
         if signal != Signal::Running {
@@ -936,6 +1031,10 @@ impl Delivery {
             status: self.queue.keys.status(&self.id),
             events: self.queue.keys.events(self.job.origin.kind()),
             in_flight: self.queue.keys.in_flight(&self.job.requester_key()),
+            scope_in_flight: self
+                .queue
+                .keys
+                .scope_in_flight(&self.job.origin.scope().to_string()),
             job_id: self.id.to_string(),
             state,
             event: self.event(kind),
@@ -996,16 +1095,17 @@ impl Delivery {
                     .key(keys.events(self.job.origin.kind()))
                     .key(keys.delayed())
                     .key(keys.delayed_jobs())
+                    .key(keys.dead_letters())
                     .arg(WORKER_GROUP)
                     .arg(&*self.consumer)
                     .arg(&self.entry_id)
                     .arg(self.id.as_str())
                     .arg(delay.as_millis() as u64)
                     .arg(&event)
-                    .arg(config.events_max_len)
                     .arg(config.status_ttl_secs)
                     .arg(&self.payload)
-                    .arg(attempt);
+                    .arg(attempt)
+                    .arg(config.dead_letters_max_len);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -1033,6 +1133,7 @@ fn completion(reply: &str) -> Result<Completion> {
         "done" => Ok(Completion::Done),
         "finished" => Ok(Completion::AlreadyFinished),
         "lost" => Ok(Completion::Lost),
+        "duplicate" => Ok(Completion::Duplicate),
         other => Err(unexpected_reply("complete", Some(other))),
     }
 }

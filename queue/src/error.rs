@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ducks_contract::{ContractError, ValidationError};
+use ducks_contract::{CheckError, ContractError, ValidationError};
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 
@@ -12,6 +12,9 @@ pub enum QueueError {
     Invalid(#[from] ValidationError),
     #[error(transparent)]
     Contract(#[from] ContractError),
+    /// The request does not fit the catalogue's models (`Queue::submit_checked`).
+    #[error(transparent)]
+    Refused(#[from] CheckError),
     #[error("The request is {size} bytes; the limit is {limit}.")]
     PayloadTooLarge { size: usize, limit: usize },
     #[error("The queue is full ({backlog} jobs waiting). Try again in a few minutes.")]
@@ -20,12 +23,33 @@ pub enum QueueError {
         "You already have {in_flight} images in progress (the limit is {limit}). Wait for one to finish."
     )]
     TooManyInFlight { in_flight: u64, limit: u32 },
-    #[error("You are asking too fast. Try again in {} s.", retry_after.as_secs().max(1))]
+    #[error("You are asking too fast. Try again in {} s.", seconds(*retry_after))]
     RateLimited { retry_after: Duration },
+    #[error(
+        "This {noun} already has {in_flight} images in progress (the limit is {limit}). Try again when one finishes."
+    )]
+    ScopeBusy {
+        /// What the scope is to a person: `channel`, `server`, `API client`.
+        noun: &'static str,
+        in_flight: u64,
+        limit: u32,
+    },
+    #[error("This {noun} is asking too fast. Try again in {} s.", seconds(*retry_after))]
+    ScopeRateLimited {
+        noun: &'static str,
+        retry_after: Duration,
+    },
+    #[error("Only the person who asked for this image, or a moderator, can cancel it.")]
+    NotAllowed,
     #[error("The deadline of this request has already passed.")]
     DeadlinePassed,
     #[error("No job with id {0} is known (finished jobs are forgotten after a day).")]
     NotFound(String),
     #[error("The job queue is unreachable right now ({0}). Try again shortly.")]
     Redis(#[from] redis::RedisError),
+}
+
+/// Whole seconds to wait, rounded up and at least one.
+fn seconds(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }

@@ -1,6 +1,9 @@
 //! [`EventReader`]: how a front end reads the events of its origin through a consumer group of its
-//! own, so a restarted front end picks up where it stopped and loses no result.
+//! own, so a restarted front end picks up where it stopped and loses no result. The stream keeps
+//! every event until each group has read it (see `trim_events` in scripts/lib.lua), so a front
+//! end that was down through a busy hour still gets every result.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -22,11 +25,10 @@ pub struct EventEntry {
     pub event: Result<JobEvent, ContractError>,
 }
 
-/// Events a front-end consumer has read but not acknowledged for this long are handed to another
-/// consumer of the same group (its owner is presumed dead).
-const ABANDONED_AFTER: Duration = Duration::from_secs(60);
-/// Consumers silent this long with nothing pending are removed from the group.
-const DEAD_CONSUMER_AFTER: Duration = Duration::from_secs(3600);
+/// Jobs whose terminal event this reader has passed on, remembered so that anything arriving for
+/// them later (it cannot, by the scripts' ownership checks, but a reader must never let it
+/// happen) never overwrites a result.
+const ENDED_REMEMBERED: usize = 10_000;
 
 pub struct EventReader {
     queue: Queue,
@@ -37,6 +39,27 @@ pub struct EventReader {
     /// Pending entries of this consumer are read again after a start or a failed read.
     check_own_pending: bool,
     next_reclaim: Instant,
+    ended: Ended,
+}
+
+/// A bounded set of job ids, oldest forgotten first.
+#[derive(Default)]
+struct Ended {
+    ids: HashSet<JobId>,
+    order: VecDeque<JobId>,
+}
+
+impl Ended {
+    fn insert(&mut self, id: JobId) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > ENDED_REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl EventReader {
@@ -57,7 +80,8 @@ impl EventReader {
             group: group.to_owned(),
             consumer: consumer.to_owned(),
             check_own_pending: true,
-            next_reclaim: Instant::now() + ABANDONED_AFTER,
+            next_reclaim: Instant::now() + claim_after(queue),
+            ended: Ended::default(),
         };
         reader.create_group().await?;
         Ok(reader)
@@ -70,12 +94,32 @@ impl EventReader {
     }
 
     /// Up to `count` events, waiting at most `block` (capped at the queue's `block_ms`, which the
-    /// connection's response timeout is sized for) for new ones.
+    /// connection's response timeout is sized for) for new ones. Events of a job after its
+    /// terminal event are acknowledged and left out.
     pub async fn next(&mut self, count: usize, block: Duration) -> Result<Vec<EventEntry>> {
+        let entries = self.read(count, block).await?;
+        let mut late = Vec::new();
+        let mut fresh = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match &entry.event {
+                Ok(event) if event.kind.is_terminal() => {
+                    self.ended.insert(event.job_id.clone());
+                    fresh.push(entry);
+                }
+                Ok(event) if self.ended.ids.contains(&event.job_id) => late.push(entry.entry_id),
+                _ => fresh.push(entry),
+            }
+        }
+        self.ack(&late).await?;
+        Ok(fresh)
+    }
+
+    async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<EventEntry>> {
         if Instant::now() >= self.next_reclaim {
-            self.next_reclaim = Instant::now() + ABANDONED_AFTER;
+            self.next_reclaim = Instant::now() + claim_after(&self.queue);
             let taken = self.take_abandoned(count).await?;
-            prune_consumers(&self.queue, &self.stream, &self.group, DEAD_CONSUMER_AFTER).await?;
+            let silent = Duration::from_secs(self.queue.config.dead_consumer_secs);
+            prune_consumers(&self.queue, &self.stream, &self.group, silent).await?;
             if !taken.is_empty() {
                 return Ok(taken);
             }
@@ -123,7 +167,7 @@ impl EventReader {
                     .arg(&self.stream)
                     .arg(&self.group)
                     .arg(&self.consumer)
-                    .arg(ABANDONED_AFTER.as_millis() as u64)
+                    .arg(self.queue.config.event_claim_after_ms)
                     .arg("0-0")
                     .arg("COUNT")
                     .arg(count)
@@ -155,7 +199,12 @@ impl EventReader {
     }
 }
 
-fn decode_event(entry: StreamId) -> EventEntry {
+/// Events a front-end consumer read but did not acknowledge for this long go to another consumer.
+fn claim_after(queue: &Queue) -> Duration {
+    Duration::from_millis(queue.config.event_claim_after_ms.max(1))
+}
+
+pub(crate) fn decode_event(entry: StreamId) -> EventEntry {
     let json = entry
         .map
         .get("event")
@@ -170,77 +219,5 @@ fn decode_event(entry: StreamId) -> EventEntry {
     EventEntry {
         entry_id: entry.id,
         event,
-    }
-}
-
-/// Follows the events of one job without a consumer group, as `ducks submit --wait` does: many
-/// clients can watch their own jobs on one origin's stream without taking events from the front
-/// end's group.
-pub struct JobWatch {
-    queue: Queue,
-    blocking: Connection,
-    stream: String,
-    job_id: JobId,
-    /// The last entry read; the next read starts after it.
-    after: String,
-}
-
-/// How far before the submit time the watch starts reading, for clocks that disagree.
-const CLOCK_SKEW: Duration = Duration::from_secs(5);
-
-impl JobWatch {
-    /// Watches `job_id`'s events on its origin's stream, from shortly before `since_ms` (the
-    /// submit time) so no event written since is missed.
-    pub async fn new(
-        queue: &Queue,
-        origin_kind: &str,
-        job_id: &JobId,
-        since_ms: u64,
-    ) -> Result<Self> {
-        let block = Duration::from_millis(queue.config.block_ms);
-        let blocking = retry_transient(|| queue.target.connect_blocking(block)).await?;
-        let start = since_ms.saturating_sub(CLOCK_SKEW.as_millis() as u64);
-        Ok(Self {
-            queue: queue.clone(),
-            blocking,
-            stream: queue.keys.events(origin_kind),
-            job_id: job_id.clone(),
-            after: format!("{start}-0"),
-        })
-    }
-
-    /// The job's next events, waiting at most `block` (capped at the queue's block time).
-    /// Returns an empty list when nothing came, and on a passing connection error.
-    pub async fn next(&mut self, block: Duration) -> Result<Vec<JobEvent>> {
-        let block = block
-            .min(Duration::from_millis(self.queue.config.block_ms))
-            .max(Duration::from_millis(1));
-        let reply: StreamReadReply = match redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(100)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(&self.after)
-            .query_async(&mut self.blocking)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) if is_transient(&e) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-        if let Some(last) = entries.last() {
-            self.after = last.id.clone();
-        }
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| decode_event(entry).event.ok())
-            .filter(|event| event.job_id == self.job_id)
-            .collect())
     }
 }

@@ -4,6 +4,9 @@
 //! on Redis Cluster. Event streams are inside the tag too (shared/DESIGN.md sketched them outside):
 //! a terminal event and the acknowledgement it guards are written by one script, and a script
 //! cannot span slots.
+//!
+//! Key names are built from values the front end set (requester ids, scopes, idempotency
+//! keys): they are hashed into one slot by the tag alone, so no value can move a key elsewhere.
 
 use ducks_contract::JobId;
 
@@ -52,8 +55,10 @@ impl Keys {
         format!("{}job:{id}", self.prefix)
     }
 
-    pub fn idempotency(&self, key: &str) -> String {
-        format!("{}idem:{key}", self.prefix)
+    /// The idempotency key `key` of one scope of keys (an API client, or a requester on their
+    /// platform): two clients that use the same key never see each other's job.
+    pub fn idempotency(&self, scope: &str, key: &str) -> String {
+        format!("{}idem:{scope}:{key}", self.prefix)
     }
 
     /// Event stream of one origin kind (`discord`, `twitch`, `api`, `cli`, `redis`).
@@ -69,6 +74,17 @@ impl Keys {
     /// Sorted set of the requester's recent submits, scored by submit time (sliding window).
     pub fn rate(&self, requester_key: &str) -> String {
         format!("{}rate:{requester_key}", self.prefix)
+    }
+
+    /// Sorted set of a scope's unfinished job ids (`ducks_contract::Scope`), scored by submit
+    /// time.
+    pub fn scope_in_flight(&self, scope: &str) -> String {
+        format!("{}scope-inflight:{scope}", self.prefix)
+    }
+
+    /// Sorted set of a scope's recent submits (sliding window).
+    pub fn scope_rate(&self, scope: &str) -> String {
+        format!("{}scope-rate:{scope}", self.prefix)
     }
 
     /// The model catalogue snapshot (JSON), kept fresh by workers.

@@ -7,7 +7,9 @@
 //! ## Layout
 //! - [`queue`] (`Queue`: submit, cancel, status, the model catalogue snapshot), [`consumer`]
 //!   (`Consumer`, `Delivery`: read, lease, finish, retry, dead letters), [`events`]
-//!   (`EventReader` for front ends), [`keys`] (every key name), `scripts` (the Lua scripts),
+//!   (`EventReader`: a front end's own events through its consumer group), [`tail`]
+//!   (`EventTail`: one reader per process, fanning each job's events out to its watchers),
+//!   [`keys`] (every key name), `scripts` (the Lua scripts),
 //!   [`connection`] (single node or cluster), [`backoff`] (retry delays, pure), [`config`].
 //!
 //! See docs/job-contract.md for the layout in Redis and ARCHITECTURE.md for the invariants.
@@ -21,10 +23,13 @@ pub mod events;
 pub mod keys;
 pub mod queue;
 mod scripts;
+pub mod tail;
 
 pub use config::QueueConfig;
+pub use config::ScopeLimits;
 pub use connection::{Connection, RedisTarget};
 pub use consumer::{Completion, Consumer, Delivery, FailResult, Signal};
 pub use error::{QueueError, Result};
-pub use events::{EventEntry, EventReader, JobWatch};
+pub use events::{EventEntry, EventReader};
 pub use queue::{Cancelled, Queue, Submitted, now_ms};
+pub use tail::{EventTail, JobWatch};

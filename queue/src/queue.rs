@@ -1,7 +1,7 @@
 //! [`Queue`]: the handle that front ends and workers share. Submitting, cancelling, status, the
 //! model catalogue, and the plumbing (retries, group creation) that consumers build on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Value};
@@ -12,11 +12,16 @@ use crate::keys::{Keys, WORKER_GROUP};
 use crate::scripts::{self, POSITION_PLACEHOLDER};
 use crate::{QueueConfig, QueueError, Result};
 use ducks_contract::{
-    EventKind, JobEvent, JobId, JobRequest, JobState, JobStatus, ModelCatalogue, wire,
+    Caller, EventKind, JobEvent, JobId, JobRequest, JobState, JobStatus, ModelCatalogue, wire,
 };
 
 /// How long an operation keeps retrying through connection trouble (a Redis restart, a failover).
 const RETRY_BUDGET: Duration = Duration::from_secs(30);
+/// How long `submit_checked` trusts the catalogue snapshot it read last.
+const CATALOGUE_CACHE: Duration = Duration::from_secs(2);
+
+/// The last catalogue snapshot read, and when (`None` inside: none was published).
+type CatalogueCache = Arc<Mutex<Option<(std::time::Instant, Option<Arc<ModelCatalogue>>)>>>;
 
 /// The status script's reply: the hash fields, whether a worker holds the job, its position, and
 /// the request (absent only if the job vanished between its hash and its entry).
@@ -57,6 +62,7 @@ pub struct Queue {
     pub(crate) target: RedisTarget,
     pub(crate) keys: Keys,
     pub(crate) config: Arc<QueueConfig>,
+    catalogue_cache: CatalogueCache,
 }
 
 impl Queue {
@@ -68,6 +74,7 @@ impl Queue {
             target,
             keys: Keys::new(&config.name),
             config: Arc::new(config),
+            catalogue_cache: CatalogueCache::default(),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -113,6 +120,10 @@ impl Queue {
 
     /// Validates and queues a job. Safe to call again with the same request after an error: the
     /// job id (or idempotency key) makes the second call answer `Duplicate`.
+    ///
+    /// The front end sets `id` (or leaves it to this call), `origin` and `requester`: they decide
+    /// the job's limits, its idempotency scope and who may cancel it, so they must never come
+    /// from a client's own words.
     pub async fn submit(&self, mut request: JobRequest) -> Result<Submitted> {
         request.validate()?;
         let id = request.id.get_or_insert_with(JobId::generate).clone();
@@ -135,9 +146,12 @@ impl Queue {
             },
         });
         let requester = request.requester_key();
+        let scope = request.origin.scope();
+        let scope_limits = self.config.scope_limits(&scope);
+        let scope = scope.to_string();
         let status_key = self.keys.status(&id);
         let idem_key = match &request.idempotency_key {
-            Some(key) => self.keys.idempotency(key),
+            Some(key) => self.keys.idempotency(&request.idempotency_scope(), key),
             None => status_key.clone(),
         };
         let idem_ttl = if request.idempotency_key.is_some() {
@@ -159,6 +173,8 @@ impl Queue {
                     .key(keys.in_flight(&requester))
                     .key(keys.rate(&requester))
                     .key(keys.events(request.origin.kind()))
+                    .key(keys.scope_in_flight(&scope))
+                    .key(keys.scope_rate(&scope))
                     .arg(WORKER_GROUP)
                     .arg(id.as_str())
                     .arg(&payload)
@@ -168,11 +184,13 @@ impl Queue {
                     .arg(config.per_requester_window_secs * 1000)
                     .arg(idem_ttl)
                     .arg(config.status_ttl_secs)
-                    .arg(config.events_max_len)
                     .arg(&queued)
                     .arg(format!("\"position\":{POSITION_PLACEHOLDER}"))
                     .arg(stale_ms)
-                    .arg(request.deadline_ms.unwrap_or(0));
+                    .arg(request.deadline_ms.unwrap_or(0))
+                    .arg(scope_limits.in_flight)
+                    .arg(scope_limits.rate)
+                    .arg(scope_limits.window_secs * 1000);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -185,36 +203,77 @@ impl Queue {
             reply
                 .get(i)
                 .and_then(|v| i64::from_redis_value(v.clone()).ok())
+                .unwrap_or(0)
+                .max(0) as u64
         };
+        let noun = request.origin.scope().noun();
         match word(0).as_deref() {
             Some("queued") => Ok(Submitted::Queued {
                 id,
-                position: number(2).unwrap_or(0).max(0) as u64,
+                position: number(2),
             }),
             Some("duplicate") => {
                 let first = word(1).unwrap_or_default();
                 Ok(Submitted::Duplicate { id: first.parse()? })
             }
-            Some("full") => Err(QueueError::QueueFull {
-                backlog: number(1).unwrap_or(0).max(0) as u64,
-            }),
+            Some("full") => Err(QueueError::QueueFull { backlog: number(1) }),
             Some("busy") => Err(QueueError::TooManyInFlight {
-                in_flight: number(1).unwrap_or(0).max(0) as u64,
+                in_flight: number(1),
                 limit: config.per_requester_in_flight,
             }),
             Some("rate") => Err(QueueError::RateLimited {
-                retry_after: Duration::from_millis(number(1).unwrap_or(0).max(0) as u64),
+                retry_after: Duration::from_millis(number(1)),
+            }),
+            Some("scope_busy") => Err(QueueError::ScopeBusy {
+                noun,
+                in_flight: number(1),
+                limit: scope_limits.in_flight,
+            }),
+            Some("scope_rate") => Err(QueueError::ScopeRateLimited {
+                noun,
+                retry_after: Duration::from_millis(number(1)),
             }),
             Some("late") => Err(QueueError::DeadlinePassed),
             other => Err(unexpected_reply("submit", other)),
         }
     }
 
-    /// Cancels a job: one that has not started is never launched; a running one is marked and
-    /// its worker told through its lease renewal.
-    pub async fn cancel(&self, id: &JobId) -> Result<Cancelled> {
-        let status = self.status(id).await?;
-        let request = status.request;
+    /// [`Queue::submit`], after checking the request against the model catalogue snapshot in
+    /// Redis (its model exists; its size, steps and count fit): what a front end calls, so a
+    /// request the model cannot draw is refused at once with the reason instead of failing in
+    /// the worker. Before any worker has published a catalogue, only the worker checks.
+    pub async fn submit_checked(&self, request: JobRequest) -> Result<Submitted> {
+        if let Some(catalogue) = self.catalogue_snapshot().await? {
+            catalogue.check(&request)?;
+        }
+        self.submit(request).await
+    }
+
+    /// The published catalogue, read again at most every [`CATALOGUE_CACHE`]: a bot answering a
+    /// burst of commands reads it once.
+    async fn catalogue_snapshot(&self) -> Result<Option<Arc<ModelCatalogue>>> {
+        if let Some((read_at, catalogue)) = &*lock(&self.catalogue_cache)
+            && read_at.elapsed() < CATALOGUE_CACHE
+        {
+            return Ok(catalogue.clone());
+        }
+        let catalogue = self.read_models().await?.map(Arc::new);
+        *lock(&self.catalogue_cache) = Some((std::time::Instant::now(), catalogue.clone()));
+        Ok(catalogue)
+    }
+
+    /// Cancels a job for `caller`: one that has not started is never launched; a running one is
+    /// marked and its worker told through its lease renewal. Only the requester, a moderator of
+    /// the job's scope or an operator may cancel it.
+    pub async fn cancel(&self, id: &JobId, caller: &Caller) -> Result<Cancelled> {
+        let (status, _) = self.status_and_entry(id).await?;
+        let request = status.request.ok_or_else(|| {
+            // A job that could not be read has already failed for good.
+            QueueError::NotFound(id.to_string())
+        })?;
+        if !caller.may_cancel(&request) {
+            return Err(QueueError::NotAllowed);
+        }
         let event = wire::encode(&JobEvent {
             job_id: id.clone(),
             at_ms: now_ms(),
@@ -223,6 +282,7 @@ impl Queue {
             kind: EventKind::Cancelled,
         });
         let requester = request.requester_key();
+        let scope = request.origin.scope().to_string();
         let payload = wire::encode(&request);
         let config = &self.config;
         let reply: String = self
@@ -235,12 +295,13 @@ impl Queue {
                     .key(keys.delayed_jobs())
                     .key(keys.events(request.origin.kind()))
                     .key(keys.in_flight(&requester))
+                    .key(keys.scope_in_flight(&scope))
                     .arg(WORKER_GROUP)
                     .arg(id.as_str())
                     .arg(&event)
-                    .arg(config.events_max_len)
                     .arg(config.status_ttl_secs)
-                    .arg(&payload);
+                    .arg(&payload)
+                    .arg(config.events_max_age_secs * 1000);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
@@ -256,8 +317,36 @@ impl Queue {
         }
     }
 
-    /// What the queue knows of a job.
+    /// The unfinished jobs of a requester (by origin kind and requester id), oldest first: for
+    /// "cancel my last job" and "my jobs".
+    pub async fn jobs_of(&self, origin_kind: &str, requester_id: &str) -> Result<Vec<JobId>> {
+        let key = self
+            .keys
+            .in_flight(&format!("{origin_kind}:{requester_id}"));
+        let ids: Vec<String> = self
+            .with_retry(|mut conn, _| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("ZRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        Ok(ids.into_iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// What the queue knows of a job, without the origin's credentials: safe to print or serve.
     pub async fn status(&self, id: &JobId) -> Result<JobStatus> {
+        Ok(self.status_and_entry(id).await?.0)
+    }
+
+    /// The status, and the entry id of its newest event on the origin's stream (for watchers
+    /// that start after the job).
+    pub(crate) async fn status_and_entry(&self, id: &JobId) -> Result<(JobStatus, Option<String>)> {
         let reply: Option<StatusReply> = self
             .with_retry(|mut conn, keys| {
                 let mut invocation = scripts::STATUS.prepare_invoke();
@@ -284,14 +373,13 @@ impl Queue {
         if state == JobState::Queued && held == 1 {
             state = JobState::Running;
         }
-        let request: JobRequest = match request {
-            Some(json) => wire::decode("job", &json)?,
-            None => return Err(QueueError::NotFound(id.to_string())),
-        };
-        let last_event = field("last_event")
+        let request: Option<JobRequest> = request
+            .map(|json| wire::decode::<JobRequest>("job", &json))
+            .transpose()?;
+        let last_event: Option<JobEvent> = field("last_event")
             .map(|event| wire::decode("event", event))
             .transpose()?;
-        Ok(JobStatus {
+        let status = JobStatus {
             id: id.clone(),
             state,
             position: (position >= 0).then_some(position as u64),
@@ -299,9 +387,10 @@ impl Queue {
             cancel_requested: field("cancel") == Some("1"),
             submitted_at_ms: number("submitted_ms"),
             updated_at_ms: number("updated_ms"),
-            request,
-            last_event,
-        })
+            request: request.map(|r| r.without_secrets()),
+            last_event: last_event.map(|e| e.without_secrets()),
+        };
+        Ok((status, field("event_entry").map(str::to_owned)))
     }
 
     /// Replaces the model catalogue snapshot that front ends read.
@@ -318,11 +407,16 @@ impl Queue {
             }
         })
         .await?;
+        *lock(&self.catalogue_cache) = None;
         Ok(())
     }
 
     /// The model catalogue snapshot; empty until a worker has published one.
     pub async fn models(&self) -> Result<ModelCatalogue> {
+        Ok(self.read_models().await?.unwrap_or_default())
+    }
+
+    async fn read_models(&self) -> Result<Option<ModelCatalogue>> {
         let json: Option<String> = self
             .with_retry(|mut conn, keys| async move {
                 redis::cmd("GET")
@@ -331,11 +425,17 @@ impl Queue {
                     .await
             })
             .await?;
-        Ok(match json {
-            Some(json) => wire::decode("model catalogue", &json)?,
-            None => ModelCatalogue::default(),
-        })
+        Ok(json
+            .map(|json| wire::decode("model catalogue", &json))
+            .transpose()?)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are replaced whole: a panic cannot leave them half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `XGROUP CREATE <stream> <group> 0 MKSTREAM`, where a group that already exists is fine.

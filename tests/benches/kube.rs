@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ducks_contract::links::LinkConfig;
 use ducks_contract::{JobId, JobRequest, Origin};
 use ducks_models::{S3Config, Storage};
 use ducks_queue::{EventReader, Queue, QueueConfig, RedisTarget, Submitted};
@@ -305,7 +306,14 @@ fn round(
                     "images".into(),
                 );
                 assert!(launcher.synced(Duration::from_secs(10)).await);
-                RunningWorker::with_launcher(worker_queue, storage, launcher, config).await
+                RunningWorker::with_launcher(
+                    worker_queue,
+                    storage,
+                    launcher,
+                    config,
+                    &LinkConfig::default(),
+                )
+                .await
             }),
             Which::Naive => worker_rt.block_on(async {
                 let launcher = NaiveLauncher {
@@ -314,7 +322,14 @@ fn round(
                     config: kube_config,
                     s3: stage.s3_config.clone(),
                 };
-                RunningWorker::with_launcher(worker_queue, storage, launcher, config).await
+                RunningWorker::with_launcher(
+                    worker_queue,
+                    storage,
+                    launcher,
+                    config,
+                    &LinkConfig::default(),
+                )
+                .await
             }),
         };
         started.unwrap()

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ducks_contract::links::LinkConfig;
 use ducks_contract::{Image, RunResult, RunTimings};
 use ducks_contract::{JobId, JobRequest, Origin};
 use ducks_queue::{EventReader, Queue, QueueConfig, RedisTarget, Submitted};
@@ -172,9 +173,15 @@ async fn main() {
         name: "bench".into(),
         ..config
     };
-    let worker = RunningWorker::with_launcher(worker_queue, storage, launcher.clone(), config)
-        .await
-        .unwrap();
+    let worker = RunningWorker::with_launcher(
+        worker_queue,
+        storage,
+        launcher.clone(),
+        config,
+        &LinkConfig::default(),
+    )
+    .await
+    .unwrap();
 
     let mut ends = Ends {
         reader: EventReader::new(&queue, "cli", "bench", "bench")

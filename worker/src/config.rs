@@ -34,7 +34,6 @@ pub struct WorkerConfig {
     pub listen: String,
     /// Where runners run: `local` (child processes of the worker) or `kubernetes` (one Job each).
     pub launcher: LauncherKind,
-    pub links: LinkConfig,
     pub local: LocalConfig,
     pub kubernetes: KubeConfig,
 }
@@ -64,7 +63,6 @@ impl Default for WorkerConfig {
             sweep_interval_secs: 60,
             listen: "127.0.0.1:9464".into(),
             launcher: LauncherKind::Local,
-            links: LinkConfig::default(),
             local: LocalConfig::default(),
             kubernetes: KubeConfig::default(),
         }
@@ -90,26 +88,6 @@ impl WorkerConfig {
 
     pub fn cancel_grace(&self) -> Duration {
         Duration::from_secs(self.cancel_grace_secs)
-    }
-}
-
-/// How image links are made.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LinkConfig {
-    /// When set (a CDN such as CloudFront, or a public bucket), links are this URL + `/` + the
-    /// object key and never expire; otherwise they are presigned GETs.
-    pub public_base_url: String,
-    /// Lifetime of a presigned link, at most 7 days (604800).
-    pub presign_ttl_secs: u64,
-}
-
-impl Default for LinkConfig {
-    fn default() -> Self {
-        Self {
-            public_base_url: String::new(),
-            presign_ttl_secs: 24 * 3600,
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use ducks_contract::{
 };
 use ducks_models::params::resolve;
 use ducks_models::{Lookup, ManifestIndex, Storage};
-use ducks_queue::{Completion, Delivery, FailResult, Signal, now_ms};
+use ducks_queue::{Delivery, FailResult, Signal, now_ms};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -129,7 +129,7 @@ impl<L: Launcher> Job<L> {
         match self.delivery.signal() {
             Signal::Running => {}
             Signal::CancelRequested => return self.cancel_before_launch().await,
-            Signal::Lost => return,
+            Signal::Lost | Signal::Duplicate => return,
         }
 
         // Settle the model and the seed, so a retry or an adopted runner draws the same image.
@@ -161,6 +161,11 @@ impl<L: Launcher> Job<L> {
             Ok(Signal::CancelRequested) => return self.cancel_before_launch().await,
             // Another worker holds the job now: it launches (or adopts), not this one.
             Ok(Signal::Lost) => return,
+            // A second entry for a job id that has its own life: it never runs.
+            Ok(Signal::Duplicate) => {
+                info!(message = "Set aside a second entry for a job id that is already taken.");
+                return;
+            }
             Ok(Signal::Running) => {}
             Err(e) => {
                 warn!(message = "Could not record that the job is starting; it comes back after its lease.", error = %e);
@@ -411,8 +416,7 @@ impl<L: Launcher> Job<L> {
     async fn finish(self, kind: EventKind, outcome: &'static str, code: &'static str) -> bool {
         self.ctx.metrics.count_job(outcome, code);
         match self.delivery.complete(kind).await {
-            Ok(Completion::Done | Completion::AlreadyFinished) => true,
-            Ok(Completion::Lost) => false,
+            Ok(done) => done.recorded(),
             Err(e) => {
                 warn!(message = "Could not publish the job's end; it will run again.", error = %e);
                 false
@@ -441,11 +445,11 @@ impl<L: Launcher> Job<L> {
             }
             Ok(FailResult::Failed(done)) => {
                 self.ctx.metrics.count_job("failed", code);
-                done != Completion::Lost
+                done.recorded()
             }
             Ok(FailResult::Cancelled(done)) => {
                 self.ctx.metrics.count_job("cancelled", "");
-                done != Completion::Lost
+                done.recorded()
             }
             Err(e) => {
                 warn!(message = "Could not publish the job's failure; it will run again.", error = %e);

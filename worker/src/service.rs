@@ -15,7 +15,9 @@ use tracing::{info, warn};
 use crate::config::{LauncherKind, WorkerConfig};
 use crate::http::{self, Probe};
 use crate::kube::{KubeLauncher, rbac};
+use crate::links::Links;
 use crate::{Launcher, LocalLauncher, Metrics, Worker};
+use ducks_contract::links::LinkConfig;
 
 /// How long a starting worker waits for its first list of the cluster's Jobs.
 const SYNC_LIMIT: Duration = Duration::from_secs(30);
@@ -29,6 +31,8 @@ pub enum StartError {
     Kubernetes(String),
     #[error("{0}")]
     Permissions(String),
+    #[error("{0}")]
+    Links(String),
     #[error("cannot listen on {address} (worker.listen): {source}")]
     Listen {
         address: String,
@@ -55,6 +59,7 @@ impl RunningWorker {
         queue: Queue,
         s3: &S3Config,
         config: WorkerConfig,
+        links: &LinkConfig,
         output_prefix: &str,
     ) -> Result<Self, StartError> {
         let storage = Storage::connect(s3).await;
@@ -67,7 +72,7 @@ impl RunningWorker {
                     config.cancel_grace(),
                 )
                 .map_err(StartError::LocalFolders)?;
-                Self::with_launcher(queue, storage, launcher, config).await
+                Self::with_launcher(queue, storage, launcher, config, links).await
             }
             LauncherKind::Kubernetes => {
                 let kube = &config.kubernetes;
@@ -86,7 +91,7 @@ impl RunningWorker {
                     );
                 }
                 info!(message = "Launching runners as Kubernetes Jobs.", namespace = %kube.namespace);
-                Self::with_launcher(queue, storage, launcher, config).await
+                Self::with_launcher(queue, storage, launcher, config, links).await
             }
         }
     }
@@ -97,14 +102,16 @@ impl RunningWorker {
         storage: Storage,
         launcher: L,
         config: WorkerConfig,
+        links: &LinkConfig,
     ) -> Result<Self, StartError> {
+        let links = Links::new(links).map_err(StartError::Links)?;
         let listen = config.listen.clone();
         let name = if config.name.is_empty() {
             default_name()
         } else {
             config.name.clone()
         };
-        let worker = Worker::new(queue, storage, launcher, config, name);
+        let worker = Worker::new(queue, storage, launcher, config, links, name);
         let (metrics, probe) = (worker.metrics(), worker.probe());
         let (stop, stopped) = oneshot::channel::<()>();
         let (probes_stop, probes_stopped) = oneshot::channel::<()>();

@@ -41,9 +41,9 @@ impl<L: Launcher> Worker<L> {
         storage: Storage,
         launcher: L,
         config: WorkerConfig,
+        links: Links,
         name: impl Into<String>,
     ) -> Self {
-        let links = Links::new(&config.links);
         Self {
             queue,
             name: name.into(),

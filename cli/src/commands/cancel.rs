@@ -1,6 +1,6 @@
 //! `ducks cancel <id>`.
 
-use ducks_contract::JobId;
+use ducks_contract::{Caller, JobId};
 use ducks_queue::{Cancelled, Queue};
 
 #[derive(clap::Args)]
@@ -9,7 +9,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, queue: &Queue) -> Result<(), crate::Error> {
-    match queue.cancel(&args.id).await? {
+    // Whoever can run this holds the queue itself: an operator.
+    match queue.cancel(&args.id, &Caller::Operator).await? {
         Cancelled::Cancelled => println!("Cancelled {}.", args.id),
         Cancelled::Requested => println!("{} is running; its worker will stop it.", args.id),
         Cancelled::AlreadyEnded(state) => {

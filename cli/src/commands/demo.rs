@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use ducks_contract::{JobRequest, Origin};
-use ducks_queue::{Submitted, now_ms};
 
 use crate::dev::Stack;
 use crate::follow;
@@ -40,16 +39,10 @@ async fn run_one(args: &Args, stack: &Stack) -> Result<u8, crate::Error> {
     request.model = args.model.clone();
     request.seed = args.seed;
     request.requester.id = "demo".into();
-    let since_ms = now_ms();
-    let id = match stack.queue.submit(request).await? {
-        Submitted::Queued { id, .. } | Submitted::Duplicate { id } => id,
-    };
-    eprintln!("Submitted {id}: {:?}", args.prompt);
+    let (submitted, _tail, watch) = follow::submit_and_watch(&stack.queue, request).await?;
+    eprintln!("Submitted {}: {:?}", submitted.id(), args.prompt);
     let followed = follow::follow(
-        &stack.queue,
-        &id,
-        Origin::Cli.kind(),
-        since_ms,
+        watch,
         &stack.images_dir(),
         Duration::from_secs(args.timeout),
     )

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ducks_contract::{JobRequest, Origin};
-use ducks_queue::{Queue, Submitted, now_ms};
+use ducks_queue::{Queue, Submitted};
 
 use crate::follow;
 
@@ -65,30 +65,23 @@ pub async fn run(args: Args, queue: &Queue) -> Result<u8, crate::Error> {
     request.count = args.count;
     request.idempotency_key = args.idempotency_key;
     request.requester.id = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    let mut since_ms = now_ms();
-    let submitted = queue.submit(request).await?;
-    match &submitted {
+    if !args.wait {
+        let submitted = queue.submit_checked(request).await?;
+        print_submitted(&submitted);
+        return Ok(0);
+    }
+    let (submitted, _tail, watch) = follow::submit_and_watch(queue, request).await?;
+    print_submitted(&submitted);
+    let followed = follow::follow(watch, &args.out, Duration::from_secs(args.timeout)).await?;
+    follow::print_images(&followed.images);
+    Ok(if followed.succeeded { 0 } else { 1 })
+}
+
+fn print_submitted(submitted: &Submitted) {
+    match submitted {
         Submitted::Queued { id, position } => println!("Queued {id} (position {position})."),
         Submitted::Duplicate { id } => println!("Already submitted as {id}."),
     }
-    if !args.wait {
-        return Ok(0);
-    }
-    if let Submitted::Duplicate { id } = &submitted {
-        // Follow the first job from its own submit, whose events may all be written already.
-        since_ms = queue.status(id).await?.submitted_at_ms;
-    }
-    let followed = follow::follow(
-        queue,
-        submitted.id(),
-        Origin::Cli.kind(),
-        since_ms,
-        &args.out,
-        Duration::from_secs(args.timeout),
-    )
-    .await?;
-    follow::print_images(&followed.images);
-    Ok(if followed.succeeded { 0 } else { 1 })
 }
 
 #[cfg(test)]

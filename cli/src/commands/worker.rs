@@ -11,6 +11,7 @@ pub async fn run(settings: &Settings) -> Result<(), crate::Error> {
         queue,
         &settings.s3,
         settings.worker.clone(),
+        &settings.links,
         &settings.runner.output_prefix,
     )
     .await?;

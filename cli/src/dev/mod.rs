@@ -95,6 +95,7 @@ impl Stack {
             queue.clone(),
             &settings.s3,
             settings.worker.clone(),
+            &settings.links,
             &settings.runner.output_prefix,
         )
         .await?;

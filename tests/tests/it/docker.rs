@@ -34,6 +34,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use crate::support::host_triple;
+
 /// What an image is built for: the `-p` package of its `cargo build`, the binary it ships and
 /// exactly the features it enables.
 struct Image {
@@ -938,25 +940,6 @@ fn cargo_metadata(manifest: &Path, dir: &Path) -> Result<Value, String> {
     }
     serde_json::from_slice(&output.stdout)
         .map_err(|error| format!("cargo metadata printed no JSON: {error}"))
-}
-
-/// The platform cargo builds for by default, from `cargo -vV`.
-///
-/// # Panics
-/// If cargo cannot be run or does not name its host.
-fn host_triple() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let output = Command::new(env!("CARGO"))
-            .arg("-vV")
-            .output()
-            .expect("cargo -vV runs");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .find_map(|line| line.strip_prefix("host: "))
-            .expect("cargo -vV names its host")
-            .to_owned()
-    })
 }
 
 /// # Panics

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ducks_contract::{EventKind, FailureCode, JobId, JobRequest};
+use ducks_contract::links::LinkConfig;
+use ducks_contract::{Caller, EventKind, FailureCode, JobId, JobPhase, JobRequest};
 use ducks_models::{S3Config, Storage};
-use ducks_queue::{JobWatch, Queue};
+use ducks_queue::Queue;
 use ducks_tests::{
     KubeApi, KubeFault, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get,
 };
@@ -17,8 +18,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, PostParams};
 
 use crate::support::{
-    JOB_LIMIT, events_until_end, eventually, png_size, queue_on, quick, slow, submit, terminal,
-    tiny_bucket, wait_until_running, worker_queue_config,
+    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, events_of, events_until_end, eventually, png_size, queue_on,
+    quick, submit, terminal, tiny_bucket, worker_queue_config,
 };
 
 const NS: &str = "ducks";
@@ -27,7 +28,7 @@ const S3_SECRET: &str = "ducks-s3";
 /// Redis, S3 with tiny-sd, and a simulated cluster whose kubelet runs the real runner.
 struct World {
     redis: RedisServer,
-    _s3: S3Server,
+    s3: S3Server,
     s3_config: S3Config,
     storage: Storage,
     queue: Queue,
@@ -69,7 +70,7 @@ impl World {
         api.enforce_rbac(rbac::required_rules());
         Self {
             redis,
-            _s3: s3,
+            s3,
             s3_config,
             storage,
             queue,
@@ -116,12 +117,18 @@ impl World {
             name: name.into(),
             ..config
         };
-        RunningWorker::with_launcher(queue, self.storage.clone(), launcher, config)
-            .await
-            .unwrap()
+        RunningWorker::with_launcher(
+            queue,
+            self.storage.clone(),
+            launcher,
+            config,
+            &LinkConfig::default(),
+        )
+        .await
+        .unwrap()
     }
 
-    async fn submit(&self, job: JobRequest) -> (JobId, u64) {
+    async fn submit(&self, job: JobRequest) -> JobId {
         submit(&self.queue, job).await
     }
 
@@ -140,8 +147,8 @@ async fn a_job_runs_as_a_kubernetes_job_and_returns_a_working_link() {
     let watches = world.api.open_watches();
     assert_eq!(watches, 3, "one watch each for Jobs, pods and events");
 
-    let (id, since) = world.submit(quick("a duck in space")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("a duck in space")).await;
+    let events = events_until_end(&world.queue, &id).await;
 
     assert!(
         events
@@ -332,8 +339,8 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
         if let Some(behaviour) = case.behaviour.clone() {
             world.api.set_default_pod_behaviour(behaviour);
         }
-        let (id, since) = world.submit(quick(case.name)).await;
-        let events = events_until_end(&world.queue, &id, since).await;
+        let id = world.submit(quick(case.name)).await;
+        let events = events_until_end(&world.queue, &id).await;
         let EventKind::Failed { code, message, .. } = terminal(&events) else {
             panic!("{}: not a failure: {events:?}", case.name);
         };
@@ -371,8 +378,8 @@ async fn a_disrupted_pod_is_replaced_and_the_job_still_succeeds() {
     let world = World::new().await;
     let worker = world.start_worker(world.worker_config(), "w1").await;
     world.api.script_pods(vec![PodBehaviour::Disrupted]);
-    let (id, since) = world.submit(quick("a preempted duck")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("a preempted duck")).await;
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
@@ -398,24 +405,20 @@ async fn waiting_reasons_reach_the_user_while_a_pod_waits() {
         .set_default_pod_behaviour(PodBehaviour::Unschedulable {
             message: "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into(),
         });
-    let (id, since) = world.submit(quick("a patient duck")).await;
-    let mut watch = JobWatch::new(&world.queue, "cli", &id, since)
-        .await
-        .unwrap();
-    tokio::time::timeout(JOB_LIMIT, async {
-        loop {
-            let events = watch.next(Duration::from_secs(1)).await.unwrap();
-            if events.iter().any(|e| {
-                matches!(&e.kind, EventKind::Starting { message, .. } if message.contains("free GPU"))
-            }) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("a Starting event says the job waits for a GPU");
-    world.queue.cancel(&id).await.unwrap();
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("a patient duck")).await;
+    eventually(
+        JOB_LIMIT,
+        "a Starting event says the job waits for a GPU",
+        || async {
+            events_of(&world.queue, &id).await.iter().any(|e| {
+                matches!(e, EventKind::Starting { phase: JobPhase::WaitingForGpu, message }
+                    if message == "Waiting for a free GPU.")
+            })
+        },
+    )
+    .await;
+    world.queue.cancel(&id, &Caller::Operator).await.unwrap();
+    let events = events_until_end(&world.queue, &id).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled);
     worker.stop().await.unwrap();
 }
@@ -424,13 +427,16 @@ async fn waiting_reasons_reach_the_user_while_a_pod_waits() {
 async fn a_restarted_worker_reattaches_and_never_creates_a_second_job() {
     let world = World::new().await;
     let first = world.start_worker(world.worker_config(), "w1").await;
-    let (id, since) = world.submit(slow("a duck that outlives its worker")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let id = world.submit(quick("a duck that outlives its worker")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     first.kill().await;
+    assert_eq!(gate.held(), 1, "the pod outlived its worker");
 
     // The same consumer name takes its unfinished job back at once and adopts the running Job.
     let second = world.start_worker(world.worker_config(), "w1").await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    gate.open();
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
@@ -445,12 +451,13 @@ async fn a_restarted_worker_reattaches_and_never_creates_a_second_job() {
 async fn cancel_deletes_the_job_and_its_pod() {
     let world = World::new().await;
     let worker = world.start_worker(world.worker_config(), "w1").await;
-    let (id, since) = world.submit(slow("a duck nobody wants")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let id = world.submit(quick("a duck nobody wants")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     assert_eq!(world.api.running_processes(), 1);
 
-    world.queue.cancel(&id).await.unwrap();
-    let events = events_until_end(&world.queue, &id, since).await;
+    world.queue.cancel(&id, &Caller::Operator).await.unwrap();
+    let events = events_until_end(&world.queue, &id).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled);
     let name = spec::job_name(&id);
     assert!(world.jobs().get_opt(&name).await.unwrap().is_none());
@@ -479,7 +486,7 @@ async fn a_job_deleted_while_the_watch_is_down_is_noticed_after_the_relist() {
         message: String::new(),
     });
     let worker = world.start_worker(world.worker_config(), "w1").await;
-    let (id, since) = world.submit(quick("a duck lost in a relist")).await;
+    let id = world.submit(quick("a duck lost in a relist")).await;
     let name = spec::job_name(&id);
     eventually(Duration::from_secs(10), "the pod runs", || async {
         world.api.requests("get", "pods/log") > 0
@@ -501,7 +508,7 @@ async fn a_job_deleted_while_the_watch_is_down_is_noticed_after_the_relist() {
         .await
         .unwrap();
 
-    let events = events_until_end(&world.queue, &id, since).await;
+    let events = events_until_end(&world.queue, &id).await;
     let deleted_outside = events.iter().any(
         |e| matches!(e, EventKind::Retrying { message, .. } if message.contains("deleted outside")),
     );
@@ -517,11 +524,18 @@ async fn a_job_deleted_while_the_watch_is_down_is_noticed_after_the_relist() {
 async fn the_outcome_arrives_across_a_watch_drop_and_a_410() {
     let world = World::new().await;
     let worker = world.start_worker(world.worker_config(), "w1").await;
-    let (id, since) = world.submit(slow("a duck across a reconnect")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let id = world.submit(quick("a duck across a reconnect")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     world.api.expire_next_watch();
     assert_eq!(world.api.drop_watches(), 3);
-    let events = events_until_end(&world.queue, &id, since).await;
+    assert_eq!(
+        gate.held(),
+        1,
+        "the pod still ran while the watches were down"
+    );
+    gate.open();
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
@@ -633,8 +647,8 @@ async fn api_errors_on_create_and_delete_are_retried() {
             retry_after_secs: 1,
         },
     );
-    let (id, since) = world.submit(quick("a duck past a busy API server")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("a duck past a busy API server")).await;
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
@@ -643,13 +657,15 @@ async fn api_errors_on_create_and_delete_are_retried() {
     assert_eq!(world.api.jobs_created(NS, &spec::job_name(&id)), 1);
 
     // The cancel's delete answers 500 twice: the Job is deleted all the same.
-    let (id, since) = world.submit(slow("a duck cancelled through errors")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    // The weights are cached now: hold the runner at its upload instead.
+    let gate = world.s3.gate("PUT", "images/");
+    let id = world.submit(quick("a duck cancelled through errors")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     world
         .api
         .fail_next("delete", "jobs", 2, KubeFault::InternalError);
-    world.queue.cancel(&id).await.unwrap();
-    let events = events_until_end(&world.queue, &id, since).await;
+    world.queue.cancel(&id, &Caller::Operator).await.unwrap();
+    let events = events_until_end(&world.queue, &id).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled);
     assert!(
         world
@@ -660,6 +676,7 @@ async fn api_errors_on_create_and_delete_are_retried() {
             .is_none()
     );
     assert_eq!(world.api.requests("delete", "jobs"), 3);
+    drop(gate);
     worker.stop().await.unwrap();
 }
 
@@ -728,8 +745,8 @@ async fn ducks_worker_finds_the_cluster_through_a_kubeconfig_and_refuses_a_short
     // With the whole Role, it runs a job through a Job, and stops cleanly on SIGTERM.
     world.api.enforce_rbac(rbac::required_rules());
     let mut running = worker().spawn().unwrap();
-    let (id, since) = world.submit(quick("a duck from the binary")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("a duck from the binary")).await;
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"

@@ -3,6 +3,7 @@ mod harness;
 mod hub;
 mod kube_api;
 mod kube_launcher;
+mod layers;
 mod queue;
 mod runner;
 mod s3;

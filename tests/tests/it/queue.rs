@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ducks_contract::{EventKind, FailureCode, JobId, JobState};
+use ducks_contract::{Caller, EventKind, FailureCode, JobId, JobState};
 use ducks_queue::{
     Cancelled, Completion, Consumer, EventReader, FailResult, Queue, QueueConfig, QueueError,
     RedisTarget, Signal, Submitted,
@@ -533,7 +533,10 @@ async fn cancel_stops_queued_delayed_and_running_jobs() {
         .unwrap()
         .id()
         .clone();
-    assert_eq!(queue.cancel(&queued).await.unwrap(), Cancelled::Cancelled);
+    assert_eq!(
+        queue.cancel(&queued, &Caller::Operator).await.unwrap(),
+        Cancelled::Cancelled
+    );
     assert_eq!(
         queue.status(&queued).await.unwrap().state,
         JobState::Cancelled
@@ -563,20 +566,29 @@ async fn cancel_stops_queued_delayed_and_running_jobs() {
         queue.status(&delayed).await.unwrap().state,
         JobState::Retrying
     );
-    assert_eq!(queue.cancel(&delayed).await.unwrap(), Cancelled::Cancelled);
+    assert_eq!(
+        queue.cancel(&delayed, &Caller::Operator).await.unwrap(),
+        Cancelled::Cancelled
+    );
 
     let mut delivery = deliveries.pop().unwrap();
-    assert_eq!(queue.cancel(&running).await.unwrap(), Cancelled::Requested);
+    assert_eq!(
+        queue.cancel(&running, &Caller::Operator).await.unwrap(),
+        Cancelled::Requested
+    );
     let signal = tokio::time::timeout(SECONDS_10, delivery.interrupted())
         .await
         .unwrap();
     assert_eq!(signal, Signal::CancelRequested);
     delivery.complete(EventKind::Cancelled).await.unwrap();
     assert_eq!(
-        queue.cancel(&running).await.unwrap(),
+        queue.cancel(&running, &Caller::Operator).await.unwrap(),
         Cancelled::AlreadyEnded(JobState::Cancelled)
     );
-    let missing = queue.cancel(&JobId::generate()).await.unwrap_err();
+    let missing = queue
+        .cancel(&JobId::generate(), &Caller::Operator)
+        .await
+        .unwrap_err();
     assert!(matches!(missing, QueueError::NotFound(_)));
 
     let events = events_by_job(&queue, "cli").await;
@@ -954,7 +966,10 @@ async fn a_job_cancelled_while_running_does_not_come_back_after_a_failure() {
         .clone();
     let mut consumer = Consumer::new(queue.clone(), "w").await.unwrap();
     let delivery = take(&mut consumer, 1, SECONDS_10).await.pop().unwrap();
-    assert_eq!(queue.cancel(&id).await.unwrap(), Cancelled::Requested);
+    assert_eq!(
+        queue.cancel(&id, &Caller::Operator).await.unwrap(),
+        Cancelled::Requested
+    );
     let outcome = delivery
         .fail(FailureCode::StorageUnavailable, "S3 hiccup.".into(), true)
         .await

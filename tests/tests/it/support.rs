@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ducks_contract::{EventKind, FailureCode, JobEvent, JobId, JobRequest, Origin, wire};
-use ducks_queue::{Consumer, Delivery, JobWatch, Queue, QueueConfig, RedisTarget};
-use ducks_queue::{Submitted, now_ms};
+use ducks_queue::connection::is_transient;
+use ducks_queue::{Consumer, Delivery, Queue, QueueConfig, RedisTarget, Submitted};
 use ducks_tests::RedisServer;
 pub use ducks_tests::{BUCKET, tiny_bucket};
 
@@ -52,13 +52,23 @@ pub async fn take(consumer: &mut Consumer, n: usize, deadline: Duration) -> Vec<
 
 /// Every entry of a stream, oldest first, with its fields.
 pub async fn stream_entries(queue: &Queue, key: String) -> Vec<(String, HashMap<String, String>)> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut queue.connection())
-        .await
-        .expect("XRANGE");
+    // Through a Redis restart the connection reports the broken pipe once, then reconnects.
+    let started = tokio::time::Instant::now();
+    let entries: Vec<(String, Vec<(String, String)>)> = loop {
+        match redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut queue.connection())
+            .await
+        {
+            Ok(entries) => break entries,
+            Err(e) if is_transient(&e) && started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("XRANGE {key}: {e}"),
+        }
+    };
     entries
         .into_iter()
         .map(|(id, fields)| (id, fields.into_iter().collect()))
@@ -117,58 +127,37 @@ pub fn quick(prompt: &str) -> JobRequest {
     job
 }
 
-/// Steps of a slow job: about 5 s on an idle machine with a debug build.
-const SLOW_STEPS: u32 = 120;
+/// The key of a tiny-sd weight file that every cold run fetches: a test holds a runner in the
+/// middle of its run by closing an S3 gate on it (`S3Server::gate`), and knows the runner is
+/// still there while the gate holds its request.
+pub const WEIGHT_KEY: &str = "models/tiny-sd/unet.safetensors";
 
-/// A job that runs long enough to act on while it runs (many steps at tiny-sd's largest size).
-pub fn slow(prompt: &str) -> JobRequest {
-    let mut job = quick(prompt);
-    job.width = Some(128);
-    job.height = Some(128);
-    job.steps = Some(SLOW_STEPS);
-    job
+/// How long a gated runner may take to reach its gate.
+pub const GATE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Every event of the job on its origin's stream so far, oldest first.
+pub async fn events_of(queue: &Queue, id: &JobId) -> Vec<EventKind> {
+    events_by_job(queue, "cli")
+        .await
+        .remove(id)
+        .unwrap_or_default()
 }
 
-/// The job's events from its submit until its terminal event.
-pub async fn events_until_end(queue: &Queue, id: &JobId, since: u64) -> Vec<EventKind> {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    let mut events = Vec::new();
-    tokio::time::timeout(JOB_LIMIT, async {
-        while !events.last().is_some_and(EventKind::is_terminal) {
-            events.extend(
-                watch
-                    .next(Duration::from_secs(1))
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|e| e.kind),
-            );
+/// The job's events once it has a terminal event: every event on the stream, so a second
+/// terminal event written by then is there too (and `terminal` refuses it).
+pub async fn events_until_end(queue: &Queue, id: &JobId) -> Vec<EventKind> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let events = events_of(queue, id).await;
+        if events.iter().any(EventKind::is_terminal) {
+            return events;
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no terminal event within {JOB_LIMIT:?}; saw {events:?}"));
-    events
-}
-
-/// Waits until the job reports its first denoising step, so it is surely running.
-pub async fn wait_until_running(queue: &Queue, id: &JobId, since: u64) {
-    let mut watch = JobWatch::new(queue, "cli", id, since).await.unwrap();
-    tokio::time::timeout(JOB_LIMIT, async {
-        loop {
-            let events = watch.next(Duration::from_secs(1)).await.unwrap();
-            if let Some(end) = events.iter().find(|e| e.kind.is_terminal()) {
-                panic!("the job ended before it was seen running: {:?}", end.kind);
-            }
-            if events
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::Progress { .. }))
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the job starts running");
+        assert!(
+            started.elapsed() < JOB_LIMIT,
+            "no terminal event within {JOB_LIMIT:?}; saw {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn terminal(events: &[EventKind]) -> &EventKind {
@@ -204,11 +193,30 @@ pub fn worker_queue_config() -> QueueConfig {
     }
 }
 
-/// Submits `job`; its id and the time just before, for [`JobWatch`] to start from.
-pub async fn submit(queue: &Queue, job: JobRequest) -> (JobId, u64) {
-    let since = now_ms();
+/// Submits `job`; its id.
+pub async fn submit(queue: &Queue, job: JobRequest) -> JobId {
     match queue.submit(job).await.unwrap() {
-        Submitted::Queued { id, .. } => (id, since),
+        Submitted::Queued { id, .. } => id,
         other => panic!("not queued: {other:?}"),
     }
+}
+
+/// The platform cargo builds for by default, from `cargo -vV`: `cargo metadata --offline` needs
+/// `--filter-platform` with it, or it wants every platform's dependencies downloaded.
+///
+/// # Panics
+/// If cargo cannot be run or does not name its host.
+pub fn host_triple() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let output = std::process::Command::new(env!("CARGO"))
+            .arg("-vV")
+            .output()
+            .expect("cargo -vV runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("host: "))
+            .expect("cargo -vV names its host")
+            .to_owned()
+    })
 }

@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ducks_contract::{EventKind, FailureCode, JobId, JobRequest, RunnerJob};
+use ducks_contract::links::LinkConfig;
+use ducks_contract::{Caller, EventKind, FailureCode, JobId, JobRequest, RunnerJob};
 use ducks_models::{S3Config, Storage};
 use ducks_queue::{Cancelled, Queue};
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
@@ -14,8 +15,8 @@ use ducks_worker::config::LocalConfig;
 use ducks_worker::{RunningWorker, WorkerConfig};
 
 use crate::support::{
-    JOB_LIMIT, events_until_end, failure, png_size, queue_on, quick, slow, submit, terminal,
-    tiny_bucket, wait_until_running, worker_queue_config,
+    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, events_of, events_until_end, failure, png_size, queue_on,
+    quick, submit, terminal, tiny_bucket, worker_queue_config,
 };
 
 /// Redis, S3 with tiny-sd, and the folders the local launcher shares between workers.
@@ -72,12 +73,18 @@ impl World {
             name: name.into(),
             ..config
         };
-        RunningWorker::start(queue, &self.s3_config, config, "images")
-            .await
-            .unwrap()
+        RunningWorker::start(
+            queue,
+            &self.s3_config,
+            config,
+            &LinkConfig::default(),
+            "images",
+        )
+        .await
+        .unwrap()
     }
 
-    async fn submit(&self, job: JobRequest) -> (JobId, u64) {
+    async fn submit(&self, job: JobRequest) -> JobId {
         submit(&self.queue, job).await
     }
 
@@ -102,8 +109,8 @@ async fn a_job_goes_from_submit_to_a_working_link() {
 
     let mut job = quick("a duck in space");
     job.width = Some(96);
-    let (id, since) = world.submit(job).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(job).await;
+    let events = events_until_end(&world.queue, &id).await;
 
     assert!(
         matches!(events[0], EventKind::Queued { position: 1 }),
@@ -187,16 +194,18 @@ async fn two_workers_run_twenty_jobs_exactly_once() {
     for n in 0..20 {
         jobs.push(world.submit(quick(&format!("duck {n}"))).await);
     }
-    let mut seeds = HashMap::new();
-    for (id, since) in &jobs {
-        let events = events_until_end(&world.queue, id, *since).await;
+    for id in &jobs {
+        events_until_end(&world.queue, id).await;
+    }
+    let (a, b) = (a.stop().await.unwrap(), b.stop().await.unwrap());
+    // With both workers stopped, the whole stream: a second end written late would be here.
+    for id in &jobs {
+        let events = events_of(&world.queue, id).await;
         let EventKind::Succeeded { images, .. } = terminal(&events) else {
             panic!("{id}: {events:?}");
         };
-        seeds.insert(id.clone(), images.len());
+        assert_eq!(images.len(), 1, "{id}");
     }
-    assert_eq!(seeds.len(), 20);
-    let (a, b) = (a.stop().await.unwrap(), b.stop().await.unwrap());
     assert_eq!(
         a.launches_total(false) + b.launches_total(false),
         20,
@@ -236,17 +245,22 @@ async fn a_worker_killed_mid_job_is_finished_by_another_that_adopts_its_runner()
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (id, since) = world.submit(slow("a duck that outlives its worker")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let id = world.submit(quick("a duck that outlives its worker")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     killed.kill().await.unwrap(); // SIGKILL
+    killed.wait().await.unwrap();
+    assert_eq!(gate.held(), 1, "the runner outlived its worker");
 
     let adopter = world.start_worker(config, "adopter").await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    gate.open();
+    events_until_end(&world.queue, &id).await;
+    let metrics = adopter.stop().await.unwrap();
+    let events = events_of(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
-    let metrics = adopter.stop().await.unwrap();
     assert_eq!(
         (metrics.launches_total(true), metrics.launches_total(false)),
         (1, 0),
@@ -261,8 +275,8 @@ async fn requests_that_cannot_run_never_reach_a_launcher() {
 
     let mut unknown = quick("a duck");
     unknown.model = Some("sd-nonexistent".into());
-    let (id, since) = world.submit(unknown).await;
-    let (code, message, retryable) = failure(&events_until_end(&world.queue, &id, since).await);
+    let id = world.submit(unknown).await;
+    let (code, message, retryable) = failure(&events_until_end(&world.queue, &id).await);
     assert_eq!((code, retryable), (FailureCode::UnknownModel, false));
     assert_eq!(
         message,
@@ -271,8 +285,8 @@ async fn requests_that_cannot_run_never_reach_a_launcher() {
 
     let mut too_big = quick("a huge duck");
     too_big.width = Some(512);
-    let (id, since) = world.submit(too_big).await;
-    let (code, message, retryable) = failure(&events_until_end(&world.queue, &id, since).await);
+    let id = world.submit(too_big).await;
+    let (code, message, retryable) = failure(&events_until_end(&world.queue, &id).await);
     assert_eq!((code, retryable), (FailureCode::InvalidRequest, false));
     assert!(message.contains("larger than tiny-sd allows"), "{message}");
 
@@ -285,17 +299,31 @@ async fn requests_that_cannot_run_never_reach_a_launcher() {
 async fn runner_faults_give_distinct_codes_and_retry_decisions() {
     let world = World::new().await;
     let cases = [
-        ("crash", "kill -SEGV $$", FailureCode::RunnerCrashed, true),
+        (
+            "crash",
+            "kill -SEGV $$",
+            (
+                FailureCode::RunnerCrashed,
+                "The image generator crashed (signal 11). (gave up after 2 attempts)",
+            ),
+            true,
+        ),
         (
             "oom",
-            r#"echo '{"event":"error","failure":"out_of_memory","exit_code":4,"message":"CUDA out of memory."}'; exit 4"#,
-            FailureCode::OutOfMemory,
+            r#"echo '{"event":"error","failure":"out_of_memory","exit_code":4,"message":"The image generator ran out of memory.","detail":"CUDA out of memory."}'; exit 4"#,
+            (
+                FailureCode::OutOfMemory,
+                "The image generator ran out of memory.",
+            ),
             false,
         ),
         (
             "phantom",
             r#"echo '{"event":"result","job_id":"x","model":"tiny-sd","images":[{"key":"images/nowhere/0.png","width":64,"height":64,"seed":1,"bytes":10}],"timings":{"download_ms":0,"load_ms":0,"generate_ms":1,"upload_ms":1,"total_ms":2,"files_downloaded":0}}'"#,
-            FailureCode::OutputMissing,
+            (
+                FailureCode::OutputMissing,
+                "The image was made but did not arrive in storage. (gave up after 2 attempts)",
+            ),
             true,
         ),
     ];
@@ -303,11 +331,10 @@ async fn runner_faults_give_distinct_codes_and_retry_decisions() {
         let mut config = world.worker_config();
         config.local.runner_program = world.fake_runner(name, script);
         let worker = world.start_worker(config, name).await;
-        let (id, since) = world.submit(quick(name)).await;
-        let events = events_until_end(&world.queue, &id, since).await;
+        let id = world.submit(quick(name)).await;
+        let events = events_until_end(&world.queue, &id).await;
         let (code, message, _) = failure(&events);
-        assert_eq!(code, expected, "{name}: {events:?}");
-        assert!(!message.is_empty());
+        assert_eq!((code, message.as_str()), expected, "{name}: {events:?}");
         let retries = events
             .iter()
             .filter(|e| matches!(e, EventKind::Retrying { .. }))
@@ -322,16 +349,16 @@ async fn storage_down_is_retried_then_reported() {
     let mut world = World::new().await;
     let worker = world.start_worker(world.worker_config(), "w").await;
     // One job first, so the catalogue is loaded and the weights are cached.
-    let (id, since) = world.submit(quick("before")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("before")).await;
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
 
     world.s3.stop().await;
-    let (id, since) = world.submit(quick("after")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("after")).await;
+    let events = events_until_end(&world.queue, &id).await;
     let (code, _, retryable) = failure(&events);
     assert_eq!(
         (code, retryable),
@@ -350,18 +377,23 @@ async fn storage_down_is_retried_then_reported() {
 async fn cancel_stops_queued_and_running_jobs() {
     let world = World::new().await;
     // Queued: cancelled before any worker runs, so it never starts.
-    let (queued, queued_since) = world.submit(quick("never drawn")).await;
+    let queued = world.submit(quick("never drawn")).await;
     assert!(matches!(
-        world.queue.cancel(&queued).await.unwrap(),
+        world
+            .queue
+            .cancel(&queued, &Caller::Operator)
+            .await
+            .unwrap(),
         Cancelled::Cancelled
     ));
 
     let worker = world.start_worker(world.worker_config(), "w").await;
-    let events = events_until_end(&world.queue, &queued, queued_since).await;
+    let events = events_until_end(&world.queue, &queued).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled);
 
-    let (running, since) = world.submit(slow("stopped halfway")).await;
-    wait_until_running(&world.queue, &running, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let running = world.submit(quick("stopped halfway")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     let run_dir = world.scratch.path().join("runs").join(running.as_str());
     let pid: i32 = std::fs::read_to_string(run_dir.join("pid"))
         .unwrap()
@@ -370,9 +402,18 @@ async fn cancel_stops_queued_and_running_jobs() {
         .unwrap()
         .parse()
         .unwrap();
-    world.queue.cancel(&running).await.unwrap();
-    let events = events_until_end(&world.queue, &running, since).await;
+    assert_eq!(
+        world
+            .queue
+            .cancel(&running, &Caller::Operator)
+            .await
+            .unwrap(),
+        Cancelled::Requested,
+        "cancelled while its runner fetched weights"
+    );
+    let events = events_until_end(&world.queue, &running).await;
     assert_eq!(terminal(&events), &EventKind::Cancelled, "{events:?}");
+    drop(gate);
     // The runner was stopped, not left to finish: it is gone, and it uploaded nothing.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
@@ -401,20 +442,28 @@ async fn graceful_shutdown_leaves_unfinished_jobs_to_another_worker() {
     let mut config = world.worker_config();
     config.shutdown_grace_secs = 0;
     let leaving = world.start_worker(config.clone(), "leaving").await;
-    let (id, since) = world.submit(slow("a duck handed over")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let id = world.submit(quick("a duck handed over")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     let left = leaving.stop().await.unwrap();
     assert_eq!(left.launches_total(false), 1);
+    assert_eq!(
+        gate.held(),
+        1,
+        "the runner still runs after its worker left"
+    );
 
     let status = world.queue.status(&id).await.unwrap();
     assert!(!status.state.is_terminal(), "left unfinished: {status:?}");
     let taker = world.start_worker(config, "taker").await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    gate.open();
+    events_until_end(&world.queue, &id).await;
+    let took = taker.stop().await.unwrap();
+    let events = events_of(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
-    let took = taker.stop().await.unwrap();
     assert_eq!(
         (took.launches_total(true), took.launches_total(false)),
         (1, 0),
@@ -427,24 +476,32 @@ async fn a_redis_restart_under_a_running_worker_loses_nothing() {
     let redis = RedisServer::start_with(RedisOptions { aof: true }).await;
     let mut world = World::with_redis(redis).await;
     let worker = world.start_worker(world.worker_config(), "w").await;
-    let (id, since) = world.submit(slow("through a restart")).await;
-    wait_until_running(&world.queue, &id, since).await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let through = world.submit(quick("through a restart")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
     world.redis.restart().await;
-    let events = events_until_end(&world.queue, &id, since).await;
-    assert!(
-        matches!(terminal(&events), EventKind::Succeeded { .. }),
-        "{events:?}"
+    assert_eq!(
+        gate.held(),
+        1,
+        "the job was still running when Redis came back"
     );
+    gate.open();
+    events_until_end(&world.queue, &through).await;
 
     // And the worker carries on taking jobs.
-    let (id, since) = world.submit(quick("after the restart")).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(quick("after the restart")).await;
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         matches!(terminal(&events), EventKind::Succeeded { .. }),
         "{events:?}"
     );
     let metrics = worker.stop().await.unwrap();
     assert_eq!(metrics.launches_total(false), 2, "no job ran twice");
+    let events = events_of(&world.queue, &through).await;
+    assert!(
+        matches!(terminal(&events), EventKind::Succeeded { .. }),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -636,8 +693,8 @@ async fn a_retried_job_draws_with_the_seed_its_first_attempt_had() {
     let worker = world.start_worker(config, "w").await;
     let mut job = quick("a duck drawn twice");
     job.seed = None;
-    let (id, since) = world.submit(job).await;
-    let events = events_until_end(&world.queue, &id, since).await;
+    let id = world.submit(job).await;
+    let events = events_until_end(&world.queue, &id).await;
     assert!(
         events
             .iter()
