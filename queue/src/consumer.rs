@@ -43,25 +43,39 @@ pub enum Signal {
 /// Jobs this consumer holds, by stream entry id: what the lease keeper renews.
 #[derive(Default)]
 struct Held {
-    jobs: Mutex<HashMap<String, (JobId, watch::Sender<Signal>)>>,
+    jobs: Mutex<HashMap<String, HeldJob>>,
+}
+
+struct HeldJob {
+    id: JobId,
+    signal: watch::Sender<Signal>,
+    /// Its end is being written: a renewal that finds the entry gone meanwhile is no news.
+    finishing: bool,
 }
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JobId, watch::Sender<Signal>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldJob>> {
         // A panic while holding this lock leaves a plain map behind: nothing to repair.
         self.jobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Tells the worker holding `entry`; false when no delivery holds it (any more).
+    /// Tells the worker holding `entry`; false when no delivery holds it (any more), or its end
+    /// is being written.
     fn signal(&self, entry: &str, signal: Signal) -> bool {
         match self.lock().get(entry) {
-            Some((_, sender)) => {
-                sender.send_replace(signal);
+            Some(job) if !job.finishing => {
+                job.signal.send_replace(signal);
                 true
             }
-            None => false,
+            _ => false,
+        }
+    }
+
+    fn finishing(&self, entry: &str) {
+        if let Some(job) = self.lock().get_mut(entry) {
+            job.finishing = true;
         }
     }
 }
@@ -539,9 +553,12 @@ impl Consumer {
             }
         };
         let (signal_tx, signal) = watch::channel(Signal::Running);
-        self.held
-            .lock()
-            .insert(entry.id.clone(), (id.clone(), signal_tx));
+        let held = HeldJob {
+            id: id.clone(),
+            signal: signal_tx,
+            finishing: false,
+        };
+        self.held.lock().insert(entry.id.clone(), held);
         let delivery = Delivery {
             id,
             entry_id: entry.id,
@@ -696,7 +713,7 @@ async fn keep_leases(queue: Queue, consumer: Arc<str>, held: Weak<Held>, prefetc
         let mut snapshot: Vec<(String, String)> = held
             .lock()
             .iter()
-            .map(|(entry, (id, _))| (entry.clone(), id.to_string()))
+            .map(|(entry, job)| (entry.clone(), job.id.to_string()))
             .collect();
         if let Some(prefetch) = prefetch.upgrade() {
             snapshot.extend(
@@ -1025,6 +1042,7 @@ impl Delivery {
             EventKind::Cancelled => JobState::Cancelled,
             other => panic!("complete() takes a terminal event, not {other:?}"),
         };
+        self.held.finishing(&self.entry_id);
         let (reply, result) = oneshot::channel();
         let finish = Finish {
             entry: self.entry_id.clone(),
@@ -1085,6 +1103,7 @@ impl Delivery {
             retry_in_ms: delay.as_millis() as u64,
             message,
         });
+        self.held.finishing(&self.entry_id);
         let reply: String = self
             .queue
             .with_retry(|mut conn, keys| {

@@ -127,14 +127,34 @@ impl EventReader {
         let block = block
             .min(Duration::from_millis(self.queue.config.block_ms))
             .max(Duration::from_millis(1));
-        let from = if self.check_own_pending { "0" } else { ">" };
+        // Own pending entries first (a restart, a failed read); when there are none, new ones in
+        // the same call, so an empty answer always means nothing came within `block`.
+        if self.check_own_pending {
+            let own = self.read_group(count, "0", None).await?;
+            if own.len() < count {
+                self.check_own_pending = false;
+            }
+            if !own.is_empty() {
+                return Ok(own.into_iter().map(decode_event).collect());
+            }
+        }
+        let entries = self.read_group(count, ">", Some(block)).await?;
+        Ok(entries.into_iter().map(decode_event).collect())
+    }
+
+    async fn read_group(
+        &mut self,
+        count: usize,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamId>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
             .arg(count);
-        if from == ">" {
+        if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS").arg(&self.stream).arg(from);
@@ -145,17 +165,14 @@ impl EventReader {
                 return Ok(Vec::new());
             }
             Err(e) if is_transient(&e) => {
+                // The reply may have been lost after Redis delivered entries: read them again.
                 self.check_own_pending = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
         };
-        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-        if from == "0" && entries.len() < count {
-            self.check_own_pending = false;
-        }
-        Ok(entries.into_iter().map(decode_event).collect())
+        Ok(reply.keys.into_iter().flat_map(|k| k.ids).collect())
     }
 
     /// Events that another consumer of this group read long ago and never acknowledged.

@@ -243,6 +243,8 @@ impl Queue {
     /// request the model cannot draw is refused at once with the reason instead of failing in
     /// the worker. Before any worker has published a catalogue, only the worker checks.
     pub async fn submit_checked(&self, request: JobRequest) -> Result<Submitted> {
+        // The limits every model shares first: their wording names the contract's bounds.
+        request.validate()?;
         if let Some(catalogue) = self.catalogue_snapshot().await? {
             catalogue.check(&request)?;
         }

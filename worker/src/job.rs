@@ -180,9 +180,10 @@ impl<L: Launcher> Job<L> {
                 warn!(message = "The cluster refused the runner.", reason = %message);
                 let failure = JobFailure::new(
                     FailureCode::Refused,
-                    format!("The cluster refused to start the image generator: {message}"),
+                    "The cluster refused to start the image generator; an operator must check its permissions and policies.",
                     retryable,
-                );
+                )
+                .with_detail(message);
                 return self.reject(failure).await;
             }
             Err(e) => {

@@ -368,57 +368,6 @@ fn the_pipeline_can_be_shared_across_threads() {
     assert_send_sync::<Pipeline>();
 }
 
-/// Prints tiny-sd's file sizes and CPU timings: `cargo test --release -p ducks-runner --
-/// --ignored --nocapture tiny_timings`.
-#[test]
-#[ignore]
-fn tiny_timings() {
-    let (_, files, pipeline) = shared();
-    for (role, path) in &files.paths {
-        let size = std::fs::metadata(path).unwrap().len();
-        println!("{role:>14}: {size:>9} bytes");
-    }
-    for size in [64, 256] {
-        for steps in [1, 4, 20] {
-            let p = GenerateParams {
-                width: size,
-                height: size,
-                steps,
-                ..params(1)
-            };
-            generate(pipeline, &p);
-            let runs = 3;
-            let started = std::time::Instant::now();
-            for _ in 0..runs {
-                generate(pipeline, &p);
-            }
-            let seconds = started.elapsed().as_secs_f64() / f64::from(runs);
-            println!("{size}x{size}, {steps:>2} steps, guidance 7.5: {seconds:.3} s/image");
-        }
-    }
-}
-
-/// Prints a digest of one image, to compare across processes and thread counts:
-/// `cargo test -p ducks-runner -- --ignored --nocapture tiny_digest`.
-#[test]
-#[ignore]
-fn tiny_digest() {
-    use sha2::Digest;
-    let images = generate(
-        pipeline(),
-        &GenerateParams {
-            count: 2,
-            ..params(7)
-        },
-    );
-    for image in images {
-        println!(
-            "digest {}",
-            hex::encode(sha2::Sha256::digest(&image.pixels))
-        );
-    }
-}
-
 /// The real families' code paths with their real shapes: random weights in the shapes of each
 /// candle preset (UNet, VAE, text encoders; written as f16 like the fp16 downloads) go through
 /// `Pipeline::load` and one 64x64 step. This checks that presets, weight names, the CLIP port,

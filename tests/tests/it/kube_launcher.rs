@@ -275,7 +275,7 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
             refuse: None,
             code: FailureCode::NoGpuCapacity,
             retryable: false,
-            says: "node affinity",
+            says: "No node in the cluster can run this model",
         },
         Case {
             name: "image cannot be pulled",
@@ -286,7 +286,7 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
             refuse: None,
             code: FailureCode::ImagePullFailed,
             retryable: false,
-            says: "pulled",
+            says: "cannot be pulled",
         },
         Case {
             name: "invalid image",
@@ -297,7 +297,7 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
             refuse: None,
             code: FailureCode::ImagePullFailed,
             retryable: false,
-            says: "invalid",
+            says: "an invalid reference",
         },
         Case {
             name: "GPU fault on the node",
@@ -315,7 +315,7 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
             ),
             code: FailureCode::Refused,
             retryable: true,
-            says: "exceeded quota",
+            says: "GPU quota is used up",
         },
         Case {
             name: "admission",
@@ -323,7 +323,7 @@ async fn every_failure_class_reaches_the_user_with_its_retry_decision() {
             refuse: Some("Error creating: admission webhook \"policy\" denied the request"),
             code: FailureCode::Refused,
             retryable: false,
-            says: "admission webhook",
+            says: "refused to start the image generator",
         },
         Case {
             name: "deadline",

@@ -5,6 +5,7 @@ mod kube_api;
 mod kube_launcher;
 mod layers;
 mod queue;
+mod queue_api;
 mod runner;
 mod s3;
 mod support;

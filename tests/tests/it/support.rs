@@ -9,10 +9,12 @@ use ducks_queue::{Consumer, Delivery, Queue, QueueConfig, RedisTarget, Submitted
 use ducks_tests::RedisServer;
 pub use ducks_tests::{BUCKET, tiny_bucket};
 
-/// Settings for tests: short leases and backoffs, no per-requester limits unless a test sets them.
+/// Settings for tests: short backoffs, no per-requester limits unless a test sets them, and
+/// leases short enough to wait out but long enough that a loaded 2-core machine stalling for a
+/// second never lets one lapse (it is renewed every third).
 pub fn config() -> QueueConfig {
     QueueConfig {
-        lease_ms: 600,
+        lease_ms: 2_000,
         block_ms: 100,
         retry_base_ms: 50,
         retry_max_ms: 400,
@@ -187,7 +189,7 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
 /// Queue settings for worker tests: short leases, one retry.
 pub fn worker_queue_config() -> QueueConfig {
     QueueConfig {
-        lease_ms: 1_500,
+        lease_ms: 3_000,
         max_retries: 1,
         ..config()
     }
@@ -219,4 +221,25 @@ pub fn host_triple() -> &'static str {
             .expect("cargo -vV names its host")
             .to_owned()
     })
+}
+
+/// The length of a stream.
+pub async fn xlen(queue: &Queue, key: String) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut queue.connection())
+        .await
+        .expect("XLEN")
+}
+
+/// Adds an entry to the work stream as a raw Redis client would.
+pub async fn xadd_raw(queue: &Queue, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(queue.keys().jobs()).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query_async(&mut queue.connection())
+        .await
+        .expect("XADD")
 }

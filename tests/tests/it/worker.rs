@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ducks_contract::links::LinkConfig;
-use ducks_contract::{Caller, EventKind, FailureCode, JobId, JobRequest, RunnerJob};
+use ducks_contract::{
+    Caller, EventKind, FailureCode, JobId, JobPhase, JobRequest, RunnerJob, Secret,
+};
 use ducks_models::{S3Config, Storage};
 use ducks_queue::{Cancelled, Queue};
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
@@ -15,8 +17,9 @@ use ducks_worker::config::LocalConfig;
 use ducks_worker::{RunningWorker, WorkerConfig};
 
 use crate::support::{
-    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, events_of, events_until_end, failure, png_size, queue_on,
-    quick, submit, terminal, tiny_bucket, worker_queue_config,
+    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, events_of, events_until_end, eventually, failure, png_size,
+    queue_on, quick, stream_entries, submit, terminal, tiny_bucket, worker_queue_config, xadd_raw,
+    xlen,
 };
 
 /// Redis, S3 with tiny-sd, and the folders the local launcher shares between workers.
@@ -116,18 +119,42 @@ async fn a_job_goes_from_submit_to_a_working_link() {
         matches!(events[0], EventKind::Queued { position: 1 }),
         "{events:?}"
     );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, EventKind::Starting { .. })),
+    // Where the job is, as codes a front end renders its own way, each while it happens.
+    let phases: Vec<JobPhase> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Starting { phase, .. } => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            JobPhase::Launching,
+            JobPhase::LoadingWeights,
+            JobPhase::LoadingWeights,
+            JobPhase::Generating,
+            JobPhase::Uploading
+        ],
         "{events:?}"
     );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, EventKind::Progress { step: 1, total: 1 })),
-        "{events:?}"
-    );
+    let generating = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                EventKind::Starting {
+                    phase: JobPhase::Generating,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let step = events
+        .iter()
+        .position(|e| matches!(e, EventKind::Progress { step: 1, total: 1 }))
+        .expect("the step is reported");
+    assert!(generating < step, "{events:?}");
     let EventKind::Succeeded { images, timings } = terminal(&events) else {
         panic!("not a success: {events:?}");
     };
@@ -359,11 +386,16 @@ async fn storage_down_is_retried_then_reported() {
     world.s3.stop().await;
     let id = world.submit(quick("after")).await;
     let events = events_until_end(&world.queue, &id).await;
-    let (code, _, retryable) = failure(&events);
+    let (code, message, retryable) = failure(&events);
     assert_eq!(
         (code, retryable),
         (FailureCode::StorageUnavailable, false),
         "{events:?}"
+    );
+    // The person reads what happened; the SDK's words and the keys stay in the worker's log.
+    assert_eq!(
+        message,
+        "Image storage is unavailable right now. (gave up after 2 attempts)"
     );
     let retries = events
         .iter()
@@ -592,7 +624,7 @@ async fn ducks_dev_serves_ducks_submit_until_interrupted() {
         .arg(&out)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(exports)
+        .envs(exports.clone())
         .current_dir(dir.path())
         .output();
     let submit = tokio::time::timeout(JOB_LIMIT, submit)
@@ -611,6 +643,64 @@ async fn ducks_dev_serves_ducks_submit_until_interrupted() {
         .find_map(|l| l.strip_prefix("Saved "))
         .expect("a saved file");
     assert_eq!(png_size(&std::fs::read(saved).unwrap()), (96, 96));
+
+    // The redis-cli lines of docs/job-contract.md, run as written against this stack (its Redis
+    // port, its catalogue): the documented job draws.
+    let redis_url = exports
+        .iter()
+        .find(|(k, _)| k == "DUCKS_REDIS__URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let port = redis_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/job-contract.md"
+    ))
+    .expect("docs/job-contract.md");
+    let lines: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("redis-cli "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "create group, add a job, read events: {lines:?}"
+    );
+    let run = |line: &str| {
+        let line = line.replacen("redis-cli ", &format!("redis-cli -p {port} "), 1);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .expect("run redis-cli");
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(lines[0]);
+    run(lines[1]);
+    let started = std::time::Instant::now();
+    loop {
+        let events = run(lines[2]);
+        assert!(!events.contains("\"event\":\"failed\""), "{events}");
+        if events.contains("\"event\":\"succeeded\"") {
+            assert!(events.contains("\"job_id\":\"my-first-duck\""), "{events}");
+            break;
+        }
+        assert!(
+            started.elapsed() < JOB_LIMIT,
+            "no result for the documented job: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let pid = nix::unistd::Pid::from_raw(dev.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
@@ -714,4 +804,256 @@ async fn a_retried_job_draws_with_the_seed_its_first_attempt_had() {
         "the retry drew with the seed the worker settled before the first launch"
     );
     worker.stop().await.unwrap();
+}
+
+/// A second entry with the id of a job that is running, then one with the id of a job that
+/// finished (a redis-cli user following docs/job-contract.md can add either): neither launches,
+/// neither writes an event, and the finished job's image stays its own.
+#[tokio::test]
+async fn a_job_id_is_one_job_whatever_is_added_with_it() {
+    let world = World::new().await;
+    let worker = world.start_worker(world.worker_config(), "w").await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    let id = world.submit(quick("the one duck")).await;
+    gate.wait_held(1, GATE_LIMIT).await;
+    let twin = format!(r#"{{"v":1,"id":"{id}","prompt":"an impostor","width":64,"height":64}}"#);
+    xadd_raw(&world.queue, &[("job", &twin)]).await;
+    eventually(JOB_LIMIT, "the running job's twin is set aside", || async {
+        xlen(&world.queue, world.queue.keys().dead_letters()).await == 1
+    })
+    .await;
+    gate.open();
+    events_until_end(&world.queue, &id).await;
+    let image_key = |events: &[EventKind]| match terminal(events) {
+        EventKind::Succeeded { images, .. } => images[0].key.clone(),
+        other => panic!("{other:?}"),
+    };
+    let key = image_key(&events_of(&world.queue, &id).await);
+    let first_image = world.storage.get_bytes(&key).await.unwrap();
+
+    xadd_raw(&world.queue, &[("job", &twin)]).await;
+    eventually(
+        JOB_LIMIT,
+        "the finished job's twin is set aside",
+        || async { xlen(&world.queue, world.queue.keys().dead_letters()).await == 2 },
+    )
+    .await;
+    let metrics = worker.stop().await.unwrap();
+    assert_eq!(
+        metrics.launches_total(false),
+        1,
+        "one launch for one job id"
+    );
+    assert_eq!(metrics.launches_total(true), 0);
+    let events = events_of(&world.queue, &id).await;
+    assert_eq!(image_key(&events), key, "one end, with the first image");
+    let images = world.storage.list("images/").await.unwrap();
+    let of_job: Vec<&String> = images.iter().filter(|k| k.contains(id.as_str())).collect();
+    assert_eq!(of_job, [&key], "no second image under the job's id");
+    assert_eq!(world.storage.get_bytes(&key).await.unwrap(), first_image);
+    for (_, fields) in stream_entries(&world.queue, world.queue.keys().dead_letters()).await {
+        assert_eq!(fields["job_id"], id.as_str());
+        assert!(
+            fields["reason"].contains("a job id is one job (docs/job-contract.md)"),
+            "{fields:?}"
+        );
+    }
+}
+
+/// A Discord interaction token is a credential: it may ride to the bot on its own event stream,
+/// and nowhere else. Every other output path is read for it: the worker's log at debug level,
+/// the runner's environment and files, `ducks status` in both forms, what a watcher sees.
+#[tokio::test]
+async fn an_interaction_token_never_leaves_its_event_stream() {
+    const TOKEN: &str = "aW50ZXJhY3Rpb24tdG9rZW4tbmV2ZXItc2hvd24";
+    let world = World::new().await;
+    let config = world.worker_config();
+    let mut worker = tokio::process::Command::new(ducks_binary())
+        .arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DUCKS_REDIS__URL", world.redis.url())
+        .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
+        .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
+        .env(
+            "DUCKS_S3__SECRET_ACCESS_KEY",
+            world.s3_config.secret_access_key.expose(),
+        )
+        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+        .env("DUCKS_WORKER__LISTEN", "")
+        .env("RUST_LOG", "debug")
+        .env("DUCKS_WORKER__LOCAL__RUNS_DIR", &config.local.runs_dir)
+        .env("DUCKS_WORKER__LOCAL__CACHE_DIR", &config.local.cache_dir)
+        .current_dir(world.scratch.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let tail = ducks_queue::EventTail::start(&world.queue, "discord")
+        .await
+        .unwrap();
+    let id = JobId::generate();
+    let mut watch = tail.watch(&id).await.unwrap();
+    let mut job = quick("a duck for a Discord channel");
+    job.id = Some(id.clone());
+    job.origin = ducks_contract::Origin::Discord {
+        application_id: "1".into(),
+        interaction_token: Secret::new(TOKEN),
+        channel_id: "22".into(),
+        guild_id: Some("33".into()),
+    };
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    world.queue.submit(job).await.unwrap();
+    gate.wait_held(1, GATE_LIMIT).await;
+    // The runner, caught in the middle of its run: its environment.
+    let run_dir = config.local.runs_dir.join(id.as_str());
+    let pid = std::fs::read_to_string(run_dir.join("pid")).unwrap();
+    let pid = pid.split_whitespace().next().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains("DUCKS_RUNNER__JOB="),
+        "the runner's environment was read"
+    );
+    assert!(!environ.contains(TOKEN), "the runner never gets the token");
+    gate.open();
+
+    let mut watched = Vec::new();
+    while let Some(event) = tokio::time::timeout(JOB_LIMIT, watch.next()).await.unwrap() {
+        watched.push(ducks_contract::wire::encode(&event));
+    }
+    assert!(
+        watched.last().unwrap().contains("\"event\":\"succeeded\""),
+        "{watched:?}"
+    );
+    let ducks = |args: &[&str]| {
+        let output = std::process::Command::new(ducks_binary())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DUCKS_REDIS__URL", world.redis.url())
+            .env("RUST_LOG", "debug")
+            .current_dir(world.scratch.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let status_json = ducks(&["status", id.as_str(), "--json"]);
+    assert!(
+        status_json.contains("\"channel_id\": \"22\""),
+        "{status_json}"
+    );
+    let status_text = ducks(&["status", id.as_str()]);
+    assert!(status_text.contains("succeeded"), "{status_text}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut log = String::new();
+    use tokio::io::AsyncReadExt;
+    worker
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    worker.wait().await.unwrap();
+    assert!(log.contains("DEBUG"), "the worker logged at debug level");
+    let mut runner_files = String::new();
+    if let Ok(entries) = std::fs::read_dir(&config.local.runs_dir) {
+        for entry in entries.flatten() {
+            for file in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                runner_files.push_str(&std::fs::read_to_string(file.path()).unwrap_or_default());
+            }
+        }
+    }
+    let outputs = [
+        ("the worker's log", log.as_str()),
+        ("what a watcher sees", &watched.join("\n")),
+        ("ducks status --json", &status_json),
+        ("ducks status", &status_text),
+        ("the runner's files", &runner_files),
+    ];
+    for (what, text) in outputs {
+        assert!(!text.contains(TOKEN), "{what} shows the token:\n{text}");
+    }
+    // And the bot's own stream does carry it, for the bot to edit its reply.
+    let stream = stream_entries(&world.queue, world.queue.keys().events("discord")).await;
+    assert!(
+        stream
+            .iter()
+            .any(|(_, fields)| fields["event"].contains(TOKEN))
+    );
+}
+
+/// With the API's address and a signing key configured, links are permanent: `<base>/i/<slug>`,
+/// whose slug carries the object key under the signature the API checks.
+#[tokio::test]
+async fn with_a_link_base_url_images_get_permanent_signed_links() {
+    let world = World::new().await;
+    let links = LinkConfig {
+        signing_key: Secret::new("shared by the worker and the API"),
+        base_url: "https://ducks.example.com".into(),
+        ..LinkConfig::default()
+    };
+    let queue = queue_on(&world.redis, worker_queue_config()).await;
+    let config = WorkerConfig {
+        name: "w".into(),
+        ..world.worker_config()
+    };
+    let worker = RunningWorker::start(queue, &world.s3_config, config, &links, "images")
+        .await
+        .unwrap();
+    let id = world.submit(quick("a duck to keep")).await;
+    let events = events_until_end(&world.queue, &id).await;
+    let EventKind::Succeeded { images, .. } = terminal(&events) else {
+        panic!("{events:?}");
+    };
+    let slug = images[0]
+        .url
+        .strip_prefix("https://ducks.example.com/i/")
+        .unwrap_or_else(|| panic!("not a permanent link: {}", images[0].url));
+    assert_eq!(
+        ducks_contract::links::key_of(slug, &links.signing_key).unwrap(),
+        images[0].key
+    );
+    assert!(
+        images[0].url.len() < 200,
+        "short enough for chat: {}",
+        images[0].url
+    );
+    worker.stop().await.unwrap();
+
+    // Without the key, a worker refuses to start instead of making links nobody can check.
+    let unsigned = LinkConfig {
+        signing_key: Secret::default(),
+        ..links
+    };
+    let queue = queue_on(&world.redis, worker_queue_config()).await;
+    let refused = RunningWorker::start(
+        queue,
+        &world.s3_config,
+        world.worker_config(),
+        &unsigned,
+        "images",
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        refused.to_string().contains("links.signing_key"),
+        "{refused}"
+    );
 }

@@ -48,6 +48,7 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
             FailureCode::Interrupted,
             "The image generator's Job was deleted outside DUCKS.",
             true,
+            "",
         );
     };
     let terminated = seen.pod.and_then(runner_terminated);
@@ -60,12 +61,14 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
     if let Some(message) = seen.refused
         && seen.pod.is_none()
     {
+        // The cluster's own words are for the operator; the person learns what it means.
         let quota = message.contains("exceeded quota");
-        return failed(
-            FailureCode::Refused,
-            format!("The cluster refused to start the image generator: {message}"),
-            quota,
-        );
+        let said = if quota {
+            "The cluster's GPU quota is used up right now; try again later."
+        } else {
+            "The cluster refused to start the image generator; an operator must check its policies."
+        };
+        return failed(FailureCode::Refused, said, quota, message);
     }
     let Some(pod) = seen.pod else {
         // Created suspended for Kueue, which unsuspends it once quota is free.
@@ -100,14 +103,16 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
         return match reason {
             "InvalidImageName" | "ErrImageNeverPull" => failed(
                 FailureCode::ImagePullFailed,
-                format!("The runner image reference is invalid: {message}"),
+                "The image generator's container image is misconfigured (an invalid reference); an operator must fix it.",
                 false,
+                message,
             ),
             "ErrImagePull" | "ImagePullBackOff" if seen.waiting_for >= budgets.image_pull => {
                 failed(
                     FailureCode::ImagePullFailed,
-                    format!("The runner image cannot be pulled: {message}"),
+                    "The image generator's container image cannot be pulled; an operator must check the registry.",
                     false,
+                    message,
                 )
             }
             "ErrImagePull" | "ImagePullBackOff" => waiting(
@@ -136,12 +141,14 @@ pub fn classify(seen: Observed, budgets: &Budgets) -> Seen {
                     budgets.scheduling.as_secs()
                 ),
                 true,
+                message,
             )
         } else {
             failed(
                 FailureCode::NoGpuCapacity,
-                format!("No node can run this model: {message}"),
+                "No node in the cluster can run this model; an operator must check its GPU settings.",
                 false,
+                message,
             )
         };
     }
@@ -182,11 +189,14 @@ fn failed_job(
     }
     match terminated {
         Some(terminated) => from_termination(Some(terminated), exit_of(terminated)),
-        None => Outcome::Failed(JobFailure::new(
-            FailureCode::RunnerCrashed,
-            format!("The image generator's Job failed ({reason})."),
-            true,
-        )),
+        None => Outcome::Failed(
+            JobFailure::new(
+                FailureCode::RunnerCrashed,
+                "The image generator's Job failed.",
+                true,
+            )
+            .with_detail(format!("the Job failed with reason {reason}")),
+        ),
     }
 }
 
@@ -225,8 +235,14 @@ fn exit_of(terminated: &ContainerStateTerminated) -> Exit {
     }
 }
 
-fn failed(code: FailureCode, message: impl Into<String>, retryable: bool) -> Seen {
-    Seen::Finished(Outcome::Failed(JobFailure::new(code, message, retryable)))
+fn failed(
+    code: FailureCode,
+    message: impl Into<String>,
+    retryable: bool,
+    detail: impl Into<String>,
+) -> Seen {
+    let failure = JobFailure::new(code, message, retryable).with_detail(detail);
+    Seen::Finished(Outcome::Failed(failure))
 }
 
 /// The reason of the Job's first true condition among `types`.
@@ -342,7 +358,11 @@ mod tests {
             Seen::Running => Expect::Running,
             Seen::Finished(Outcome::Succeeded(_)) => Expect::Succeeded,
             Seen::Finished(Outcome::Failed(f)) => {
-                assert!(!f.message.is_empty());
+                // The cluster's words (the fixtures' "details") are the operator's detail.
+                assert!(
+                    f.message.ends_with('.') && !f.message.contains("details"),
+                    "{f:?}"
+                );
                 Expect::Failed(f.code, f.retryable)
             }
             Seen::Finished(Outcome::Cancelled) => panic!("never classified as cancelled"),
