@@ -1,7 +1,7 @@
 //! Every Redis key and group name of a queue. No other module spells a key.
 //!
 //! All keys of one queue carry the hash tag `{<name>}`, so every script touches one slot and runs
-//! on Redis Cluster. Event streams are inside the tag too (shared/DESIGN.md sketched them outside):
+//! on Redis Cluster. Event streams are inside the tag too (the design notes sketched them outside):
 //! a terminal event and the acknowledgement it guards are written by one script, and a script
 //! cannot span slots.
 //!

@@ -188,6 +188,7 @@ impl S3Server {
         let addr = listener
             .local_addr()
             .expect("local address of the listener");
+        crate::support::reserve_port(addr.port());
         let (shutdown, shutdown_rx) = oneshot::channel();
         let task = tokio::spawn(embedded_s3::serve(listener, service, async {
             // An error means the sender was dropped: stop too.

@@ -57,6 +57,17 @@ pub(crate) fn free_port() -> u16 {
     }
 }
 
+/// Marks `port`, bound by a server of the harness (the S3 server, the Kubernetes API), as handed
+/// out, so [`free_port`] never offers it to a Redis server while that server is stopped or
+/// restarting: a test that checks a stopped server refuses connections would meet a stranger.
+pub(crate) fn reserve_port(port: u16) {
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(port);
+}
+
 /// A point in time after which a wait gives up.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Deadline(Instant);

@@ -179,6 +179,7 @@ impl KubeApi {
         let addr = listener
             .local_addr()
             .expect("local address of the listener");
+        crate::support::reserve_port(addr.port());
         let (shutdown, shutdown_rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, Arc::clone(&store), async {
             // An error means the sender was dropped: stop too.

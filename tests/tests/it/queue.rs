@@ -793,29 +793,20 @@ async fn the_model_catalogue_round_trips_through_redis() {
     let catalogue = ducks_contract::ModelCatalogue {
         default_model: Some("tiny-sd".into()),
         models: vec![ducks_contract::ModelInfo {
-            id: "tiny-sd".into(),
-            name: "Tiny SD".into(),
             description: "Random weights for tests: draws noise.".into(),
-            family: "sd15".into(),
-            default_width: 64,
-            default_height: 64,
-            default_steps: 2,
-            default_guidance: 7.5,
-            max_width: 256,
-            max_height: 256,
-            max_steps: 50,
-            max_images: 4,
-            sizes: vec![ducks_contract::Size::new(64, 64)],
-            gpu: ducks_contract::GpuNeed::default(),
             added_at_secs: Some(1_764_000_000),
             tags: vec!["test".into()],
+            ..tiny_info()
         }],
         updated_at_ms: 1,
     };
     queue.publish_models(&catalogue).await.unwrap();
     let read = queue.models().await.unwrap();
     assert_eq!(read, catalogue);
-    assert_eq!(read.get("tiny-sd").unwrap().family, "sd15");
+    assert_eq!(
+        read.get("tiny-sd").unwrap().added_at_secs,
+        Some(1_764_000_000)
+    );
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ducks_contract::{
-    Caller, EventKind, FailureCode, GpuNeed, JobEvent, JobId, JobRequest, JobState, ModelCatalogue,
-    ModelInfo, Origin, Secret, Size, wire,
+    Caller, EventKind, FailureCode, JobEvent, JobId, JobRequest, JobState, ModelCatalogue, Origin,
+    Secret, wire,
 };
 use ducks_queue::{
     Cancelled, Consumer, EventReader, EventTail, QueueConfig, QueueError, ScopeLimits, Submitted,
@@ -241,27 +241,6 @@ async fn a_scope_limit_stops_a_raid_and_each_refusal_says_when_to_try_again() {
         matches!(refused, QueueError::ScopeBusy { limit: 10, .. }),
         "{refused:?}"
     );
-}
-
-fn tiny_info() -> ModelInfo {
-    ModelInfo {
-        id: "tiny-sd".into(),
-        name: "Tiny SD".into(),
-        description: String::new(),
-        family: "tiny-sd".into(),
-        default_width: 64,
-        default_height: 64,
-        default_steps: 2,
-        default_guidance: 7.5,
-        max_width: 128,
-        max_height: 128,
-        max_steps: 150,
-        max_images: 4,
-        sizes: vec![Size::new(64, 64)],
-        gpu: GpuNeed::default(),
-        added_at_secs: None,
-        tags: Vec::new(),
-    }
 }
 
 #[tokio::test]

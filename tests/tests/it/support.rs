@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ducks_contract::{EventKind, FailureCode, JobEvent, JobId, JobRequest, Origin, wire};
+use ducks_contract::{
+    EventKind, FailureCode, GpuNeed, JobEvent, JobId, JobRequest, ModelInfo, Origin, Size, wire,
+};
 use ducks_queue::connection::is_transient;
 use ducks_queue::{Consumer, Delivery, Queue, QueueConfig, RedisTarget, Submitted};
 use ducks_tests::RedisServer;
@@ -242,4 +244,26 @@ pub async fn xadd_raw(queue: &Queue, fields: &[(&str, &str)]) -> String {
     cmd.query_async(&mut queue.connection())
         .await
         .expect("XADD")
+}
+
+/// tiny-sd as the catalogue shows it, for tests that publish a catalogue themselves.
+pub fn tiny_info() -> ModelInfo {
+    ModelInfo {
+        id: "tiny-sd".into(),
+        name: "Tiny SD".into(),
+        description: String::new(),
+        family: "tiny-sd".into(),
+        default_width: 64,
+        default_height: 64,
+        default_steps: 2,
+        default_guidance: 7.5,
+        max_width: 128,
+        max_height: 128,
+        max_steps: 150,
+        max_images: 4,
+        sizes: vec![Size::new(64, 64)],
+        gpu: GpuNeed::default(),
+        added_at_secs: None,
+        tags: Vec::new(),
+    }
 }

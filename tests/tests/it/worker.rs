@@ -91,6 +91,36 @@ impl World {
         submit(&self.queue, job).await
     }
 
+    /// `ducks worker` as a process of its own, on this world's Redis, S3 and runner folders,
+    /// logging at `level`.
+    fn worker_process(&self, level: &str) -> tokio::process::Command {
+        let config = self.worker_config();
+        let mut command = tokio::process::Command::new(ducks_binary());
+        command
+            .arg("worker")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DUCKS_REDIS__URL", self.redis.url())
+            .env(
+                "DUCKS_QUEUE__LEASE_MS",
+                worker_queue_config().lease_ms.to_string(),
+            )
+            .env("DUCKS_S3__ENDPOINT", &self.s3_config.endpoint)
+            .env("DUCKS_S3__ACCESS_KEY_ID", &self.s3_config.access_key_id)
+            .env(
+                "DUCKS_S3__SECRET_ACCESS_KEY",
+                self.s3_config.secret_access_key.expose(),
+            )
+            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .env("DUCKS_WORKER__LISTEN", "")
+            .env("RUST_LOG", level)
+            .env("DUCKS_WORKER__LOCAL__RUNS_DIR", &config.local.runs_dir)
+            .env("DUCKS_WORKER__LOCAL__CACHE_DIR", &config.local.cache_dir)
+            .current_dir(self.scratch.path())
+            .kill_on_drop(true);
+        command
+    }
+
     /// A script standing in for the runner, to inject a fault the real one cannot be made to show.
     fn fake_runner(&self, name: &str, body: &str) -> PathBuf {
         let path = self.scratch.path().join(name);
@@ -248,30 +278,7 @@ async fn two_workers_run_twenty_jobs_exactly_once() {
 async fn a_worker_killed_mid_job_is_finished_by_another_that_adopts_its_runner() {
     let world = World::new().await;
     let config = world.worker_config();
-    let mut killed = tokio::process::Command::new(ducks_binary())
-        .arg("worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DUCKS_REDIS__URL", world.redis.url())
-        .env(
-            "DUCKS_QUEUE__LEASE_MS",
-            worker_queue_config().lease_ms.to_string(),
-        )
-        .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
-        .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
-        .env(
-            "DUCKS_S3__SECRET_ACCESS_KEY",
-            world.s3_config.secret_access_key.expose(),
-        )
-        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
-        .env("DUCKS_WORKER__LISTEN", "")
-        .env("RUST_LOG", "warn")
-        .env("DUCKS_WORKER__LOCAL__RUNS_DIR", &config.local.runs_dir)
-        .env("DUCKS_WORKER__LOCAL__CACHE_DIR", &config.local.cache_dir)
-        .current_dir(world.scratch.path())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut killed = world.worker_process("warn").spawn().unwrap();
     let gate = world.s3.gate("GET", WEIGHT_KEY);
     let id = world.submit(quick("a duck that outlives its worker")).await;
     gate.wait_held(1, GATE_LIMIT).await;
@@ -868,25 +875,9 @@ async fn an_interaction_token_never_leaves_its_event_stream() {
     const TOKEN: &str = "aW50ZXJhY3Rpb24tdG9rZW4tbmV2ZXItc2hvd24";
     let world = World::new().await;
     let config = world.worker_config();
-    let mut worker = tokio::process::Command::new(ducks_binary())
-        .arg("worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DUCKS_REDIS__URL", world.redis.url())
-        .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
-        .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
-        .env(
-            "DUCKS_S3__SECRET_ACCESS_KEY",
-            world.s3_config.secret_access_key.expose(),
-        )
-        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
-        .env("DUCKS_WORKER__LISTEN", "")
-        .env("RUST_LOG", "debug")
-        .env("DUCKS_WORKER__LOCAL__RUNS_DIR", &config.local.runs_dir)
-        .env("DUCKS_WORKER__LOCAL__CACHE_DIR", &config.local.cache_dir)
-        .current_dir(world.scratch.path())
+    let mut worker = world
+        .worker_process("debug")
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let tail = ducks_queue::EventTail::start(&world.queue, "discord")
