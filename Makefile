@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube
+.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout
 
 ## Draws one image end to end on this machine: a redis-server child, S3 inside the process, a
 ## worker with the local launcher and tiny-sd (which draws noise). Prints the link and the file.
@@ -44,3 +44,8 @@ bench-worker:
 bench-kube:
 	@scripts/ensure-tools redis
 	$(CARGO) bench -p ducks-tests --bench kube --locked
+
+## 5,000 job watchers through one EventTail beside one XREAD connection per watcher.
+bench-fanout:
+	@scripts/ensure-tools redis
+	$(CARGO) bench -p ducks-tests --bench fanout --locked
