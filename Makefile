@@ -5,6 +5,16 @@ CARGO ?= cargo
 
 .PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout
 
+# The real clients the suite drives the API with (tests/python/requirements.txt), installed once
+# into a virtual environment the build ignores; a change of the pins installs them again.
+PY_VENV := target/py
+
+$(PY_VENV)/.installed: tests/python/requirements.txt
+	@scripts/ensure-tools python
+	python3 -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
 ## Draws one image end to end on this machine: a redis-server child, S3 inside the process, a
 ## worker with the local launcher and tiny-sd (which draws noise). Prints the link and the file.
 demo:
@@ -12,8 +22,8 @@ demo:
 	$(CARGO) run --release --locked -q -p ducks -- demo "a rubber duck flying over the clouds"
 
 ## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
-test:
-	@scripts/ensure-tools redis
+test: $(PY_VENV)/.installed
+	@scripts/ensure-tools redis chromium
 	# The end-to-end suite runs the real `ducks` binary, which `cargo test` alone does not build;
 	# building every target keeps the features the same as the test run, so nothing builds twice.
 	$(CARGO) build --workspace --all-targets --locked

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
+use ducks_api::ApiConfig;
 use ducks_contract::Secret;
 use ducks_contract::links::LinkConfig;
 use ducks_models::S3Config;
@@ -23,6 +24,7 @@ pub struct Settings {
     pub runner: RunnerConfig,
     pub worker: WorkerConfig,
     pub links: LinkConfig,
+    pub api: ApiConfig,
     pub dev: DevSettings,
     pub log: LogSettings,
 }
@@ -241,6 +243,7 @@ mod tests {
                 "LINKS",
                 serde_json::to_value(LinkConfig::default()).unwrap(),
             ),
+            ("API", serde_json::to_value(ApiConfig::default()).unwrap()),
             ("DEV", serde_json::to_value(DevSettings::default()).unwrap()),
         ];
         let (mut expected, mut toml_only) = (Vec::new(), Vec::new());

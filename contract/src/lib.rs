@@ -11,10 +11,13 @@
 //! - What happens to them: [`event`] (`JobEvent`, `EventKind`, `JobPhase`, `FailureCode`).
 //! - Models: [`model`] (`ModelInfo`, `ModelCatalogue` and the checks against them).
 //! - The runner: [`runner`] (`RunnerJob`, its stdout `Line`s, `RunFailure` and exit codes).
-//! - [`links`] (permanent signed image links), [`secret`] (`Secret`), [`wire`] (versioned JSON).
+//! - The HTTP API's clients: [`api`] (`ApiClient`, `ClientUsage`, `Webhook`).
+//! - [`links`] (permanent signed image links), [`secret`] (`Secret`), [`wire`] (versioned JSON),
+//!   [`time`] (calendar dates without a date library).
 //!
 //! See docs/job-contract.md and docs/runner-contract.md for the formats.
 
+pub mod api;
 pub mod error;
 pub mod event;
 pub mod id;
@@ -25,8 +28,10 @@ pub mod request;
 pub mod runner;
 pub mod secret;
 pub mod status;
+pub mod time;
 pub mod wire;
 
+pub use api::{ApiClient, ClientUsage, Webhook};
 pub use error::ContractError;
 pub use event::{EventKind, FailureCode, ImageRef, JobEvent, JobPhase, Timings};
 pub use id::JobId;

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, Secret};
+use crate::{JobId, Secret, Webhook};
 
 /// Limits that every request must respect, whatever the model. Models may narrow them further.
 pub mod limits {
@@ -19,6 +19,9 @@ pub mod limits {
     pub const MAX_MODEL_ID_LEN: usize = 64;
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
     pub const MAX_REQUESTER_ID_LEN: usize = 128;
+    /// The largest seed: 2^53 - 1, the largest integer every JSON client (JavaScript's numbers
+    /// included) reads exactly, so a seed shown on a web page draws the same image again.
+    pub const MAX_SEED: u64 = (1 << 53) - 1;
 }
 
 /// One image job as it travels through the queue. Optional generation parameters fall back to the
@@ -141,6 +144,13 @@ impl JobRequest {
                 "Guidance {guidance} is not allowed: use 0 to {MAX_GUIDANCE}."
             ));
         }
+        if let Some(seed) = self.seed
+            && seed > MAX_SEED
+        {
+            return fail(format!(
+                "The seed {seed} is too large: use 0 to {MAX_SEED}."
+            ));
+        }
         if !(1..=MAX_IMAGES).contains(&self.count) {
             return fail(format!(
                 "{} images is not allowed: ask for 1 to {MAX_IMAGES}.",
@@ -189,6 +199,7 @@ impl JobRequest {
         match &self.origin {
             Origin::Api {
                 client: Some(client),
+                ..
             } => format!("api-client:{client}"),
             _ => self.requester_key(),
         }
@@ -241,9 +252,12 @@ pub enum Origin {
         message_id: Option<String>,
     },
     Api {
-        /// The API client that submitted, if it identified itself.
+        /// The API client (key id) that submitted, if it identified itself.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
+        /// Where the API posts this job's events, signed with the client's webhook secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        webhook: Option<Webhook>,
     },
     Cli,
     /// Added by any Redis client following docs/job-contract.md.
@@ -274,7 +288,7 @@ impl Origin {
                 ..
             } => guild_id.as_deref().unwrap_or(channel_id).to_owned(),
             Origin::Twitch { channel, .. } => channel.clone(),
-            Origin::Api { client } => client.clone().unwrap_or_default(),
+            Origin::Api { client, .. } => client.clone().unwrap_or_default(),
             Origin::Cli | Origin::Redis => String::new(),
         };
         Scope {
@@ -486,6 +500,11 @@ mod tests {
                 Some("5 images is not allowed: ask for 1 to 4."),
             ),
             (
+                "a seed past what JSON clients read exactly",
+                |r| r.seed = Some(limits::MAX_SEED + 1),
+                Some("The seed 9007199254740992 is too large: use 0 to 9007199254740991."),
+            ),
+            (
                 "spacey idempotency key",
                 |r| r.idempotency_key = Some("a b".into()),
                 Some("The idempotency key must be 1 to 128 printable characters without spaces."),
@@ -517,7 +536,10 @@ mod tests {
                 channel: "ducks".into(),
                 message_id: Some("m".into()),
             },
-            Origin::Api { client: None },
+            Origin::Api {
+                client: None,
+                webhook: None,
+            },
             Origin::Cli,
             Origin::Redis,
         ];
@@ -576,10 +598,17 @@ mod tests {
             (
                 Origin::Api {
                     client: Some("acme".into()),
+                    webhook: None,
                 },
                 "api:acme",
             ),
-            (Origin::Api { client: None }, "api"),
+            (
+                Origin::Api {
+                    client: None,
+                    webhook: None,
+                },
+                "api",
+            ),
             (Origin::Cli, "cli"),
             (Origin::Redis, "redis"),
         ];
@@ -624,6 +653,7 @@ mod tests {
             "p",
             Origin::Api {
                 client: Some("acme".into()),
+                webhook: None,
             },
         );
         api.requester.id = "user-7".into();

@@ -10,7 +10,7 @@
 //!   filled in, pure).
 //! - [`storage`] (S3 through aws-sdk-s3), [`bucket`] (one manifest, or all of them),
 //!   [`index`] (`ManifestIndex`: the manifests kept fresh cheaply, and the snapshot front ends
-//!   read).
+//!   read), [`links`] (the links images get: permanent, CDN or presigned).
 //! - [`import`] (a model folder into the bucket), `hub` (feature `hub`: from the Hugging Face
 //!   hub), `embedded_s3` (feature `embedded-s3`: an S3 server in the process, for `ducks dev` and
 //!   the tests).
@@ -24,6 +24,7 @@ pub mod family;
 pub mod hub;
 pub mod import;
 pub mod index;
+pub mod links;
 pub mod manifest;
 pub mod params;
 pub mod storage;

@@ -20,7 +20,9 @@ pub fn resolve(
         steps: request.steps.unwrap_or(info.default_steps),
         guidance: request.guidance.unwrap_or(info.default_guidance),
         // No seed asked for: pick one and report it, so the image can be made again.
-        seed: request.seed.unwrap_or_else(|| fastrand::u64(..)),
+        seed: request
+            .seed
+            .unwrap_or_else(|| fastrand::u64(..=ducks_contract::limits::MAX_SEED)),
         count: request.count,
     })
 }

@@ -129,11 +129,16 @@ impl ScopeLimits {
 impl QueueConfig {
     /// The limits of `scope`: its own entry, then its kind's, then the built-in ones.
     pub fn scope_limits(&self, scope: &Scope) -> Settled {
-        let own = self
+        self.scope_limits_with(scope, ScopeLimits::default())
+    }
+
+    /// [`QueueConfig::scope_limits`], with `given` (an API key's own limits) before all of them.
+    pub fn scope_limits_with(&self, scope: &Scope, given: ScopeLimits) -> Settled {
+        let own = given.or(self
             .scopes
             .get(&scope.to_string())
             .copied()
-            .unwrap_or_default();
+            .unwrap_or_default());
         let kind = self.scopes.get(scope.kind).copied().unwrap_or_default();
         let limits = own.or(kind).or(ScopeLimits::builtin(scope.kind));
         Settled {

@@ -45,6 +45,9 @@ pub enum QueueError {
     DeadlinePassed,
     #[error("No job with id {0} is known (finished jobs are forgotten after a day).")]
     NotFound(String),
+    /// Something that must be unique exists already.
+    #[error("{0}")]
+    Conflict(String),
     #[error("The job queue is unreachable right now ({0}). Try again shortly.")]
     Redis(#[from] redis::RedisError),
 }

@@ -91,4 +91,44 @@ impl Keys {
     pub fn models(&self) -> String {
         format!("{}models", self.prefix)
     }
+    /// The API client id an API key's digest names (`ducks api keys create`).
+    pub fn api_key(&self, digest: &str) -> String {
+        format!("{}api:key:{digest}", self.prefix)
+    }
+
+    /// One API client (`ducks_contract::ApiClient`, JSON).
+    pub fn api_client(&self, id: &str) -> String {
+        format!("{}api:client:{id}", self.prefix)
+    }
+
+    /// Set of every API client id, for `ducks api keys list`.
+    pub fn api_clients(&self) -> String {
+        format!("{}api:clients", self.prefix)
+    }
+
+    /// Hash of one API client's usage: `jobs`, `images`, `gpu_ms`.
+    pub fn api_usage(&self, id: &str) -> String {
+        format!("{}api:usage:{id}", self.prefix)
+    }
+
+    /// List of an API client's newest job ids, newest first and capped (`GET /v1/jobs`).
+    pub fn api_recent(&self, client: &str) -> String {
+        format!("{}api:recent:{client}", self.prefix)
+    }
+
+    /// The job an OpenAI-style request started, by a digest of its key and body, kept briefly so
+    /// the client's automatic retry of that request follows the job instead of starting another.
+    pub fn api_attempt(&self, fingerprint: &str) -> String {
+        format!("{}api:attempt:{fingerprint}", self.prefix)
+    }
+
+    /// Sorted set of webhook delivery ids, scored by when each is due (Redis clock, ms).
+    pub fn webhooks_due(&self) -> String {
+        format!("{}api:webhooks-due", self.prefix)
+    }
+
+    /// Hash delivery id → the delivery (JSON, owned by the API) of every delivery not yet done.
+    pub fn webhooks(&self) -> String {
+        format!("{}api:webhooks", self.prefix)
+    }
 }

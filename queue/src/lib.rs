@@ -5,7 +5,8 @@
 //! types are `ducks-contract`'s); workers take [`Delivery`]s from a [`Consumer`] and finish them.
 //!
 //! ## Layout
-//! - [`queue`] (`Queue`: submit, cancel, status, the model catalogue snapshot), [`consumer`]
+//! - [`queue`] (`Queue`: submit, cancel, status, the model catalogue snapshot), `api` (what the
+//!   HTTP API keeps: clients, usage, recent jobs, webhook deliveries), [`consumer`]
 //!   (`Consumer`, `Delivery`: read, lease, finish, retry, dead letters), [`events`]
 //!   (`EventReader`: a front end's own events through its consumer group), [`tail`]
 //!   (`EventTail`: one reader per process, fanning each job's events out to its watchers),
@@ -14,6 +15,7 @@
 //!
 //! See docs/job-contract.md for the layout in Redis and ARCHITECTURE.md for the invariants.
 
+mod api;
 pub mod backoff;
 pub mod config;
 pub mod connection;

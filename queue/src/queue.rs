@@ -10,7 +10,7 @@ use tracing::warn;
 use crate::connection::{Connection, RedisTarget, is_missing_group, is_transient};
 use crate::keys::{Keys, WORKER_GROUP};
 use crate::scripts::{self, POSITION_PLACEHOLDER};
-use crate::{QueueConfig, QueueError, Result};
+use crate::{QueueConfig, QueueError, Result, ScopeLimits};
 use ducks_contract::{
     Caller, EventKind, JobEvent, JobId, JobRequest, JobState, JobStatus, ModelCatalogue, wire,
 };
@@ -124,7 +124,17 @@ impl Queue {
     /// The front end sets `id` (or leaves it to this call), `origin` and `requester`: they decide
     /// the job's limits, its idempotency scope and who may cancel it, so they must never come
     /// from a client's own words.
-    pub async fn submit(&self, mut request: JobRequest) -> Result<Submitted> {
+    pub async fn submit(&self, request: JobRequest) -> Result<Submitted> {
+        self.submit_limited(request, ScopeLimits::default()).await
+    }
+
+    /// [`Queue::submit`] with limits of the request's scope that come before the configured ones
+    /// (an API key's own limits).
+    async fn submit_limited(
+        &self,
+        mut request: JobRequest,
+        own_limits: ScopeLimits,
+    ) -> Result<Submitted> {
         request.validate()?;
         let id = request.id.get_or_insert_with(JobId::generate).clone();
         let now = now_ms();
@@ -147,7 +157,7 @@ impl Queue {
         });
         let requester = request.requester_key();
         let scope = request.origin.scope();
-        let scope_limits = self.config.scope_limits(&scope);
+        let scope_limits = self.config.scope_limits_with(&scope, own_limits);
         let scope = scope.to_string();
         let status_key = self.keys.status(&id);
         let idem_key = match &request.idempotency_key {
@@ -243,17 +253,28 @@ impl Queue {
     /// request the model cannot draw is refused at once with the reason instead of failing in
     /// the worker. Before any worker has published a catalogue, only the worker checks.
     pub async fn submit_checked(&self, request: JobRequest) -> Result<Submitted> {
+        self.submit_checked_limited(request, ScopeLimits::default())
+            .await
+    }
+
+    /// [`Queue::submit_checked`] with limits of the request's scope that come before the
+    /// configured ones: an API key's own.
+    pub async fn submit_checked_limited(
+        &self,
+        request: JobRequest,
+        own_limits: ScopeLimits,
+    ) -> Result<Submitted> {
         // The limits every model shares first: their wording names the contract's bounds.
         request.validate()?;
         if let Some(catalogue) = self.catalogue_snapshot().await? {
             catalogue.check(&request)?;
         }
-        self.submit(request).await
+        self.submit_limited(request, own_limits).await
     }
 
-    /// The published catalogue, read again at most every [`CATALOGUE_CACHE`]: a bot answering a
-    /// burst of commands reads it once.
-    async fn catalogue_snapshot(&self) -> Result<Option<Arc<ModelCatalogue>>> {
+    /// The published catalogue (`None` before any worker published one), read again at most
+    /// every [`CATALOGUE_CACHE`]: a bot answering a burst of commands reads it once.
+    pub async fn catalogue_snapshot(&self) -> Result<Option<Arc<ModelCatalogue>>> {
         if let Some((read_at, catalogue)) = &*lock(&self.catalogue_cache)
             && read_at.elapsed() < CATALOGUE_CACHE
         {
@@ -393,6 +414,14 @@ impl Queue {
             last_event: last_event.map(|e| e.without_secrets()),
         };
         Ok((status, field("event_entry").map(str::to_owned)))
+    }
+
+    /// Whether Redis answers right now, without retrying: for readiness probes.
+    pub async fn ping(&self) -> bool {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .is_ok()
     }
 
     /// Replaces the model catalogue snapshot that front ends read.

@@ -27,6 +27,8 @@ script!(DEAD_LETTER, "scripts/dead_letter.lua");
 script!(STATUS, "scripts/status.lua");
 script!(GIVE_BACK, "scripts/give_back.lua");
 script!(PRUNE, "scripts/prune.lua");
+script!(WEBHOOK_SCHEDULE, "scripts/webhook_schedule.lua");
+script!(WEBHOOK_TAKE, "scripts/webhook_take.lua");
 
 /// Stands for the queue position in the Queued event until the submit script knows it.
 pub const POSITION_PLACEHOLDER: u64 = 987_654_321_987_654_321;

@@ -177,7 +177,9 @@ impl EventTail {
         // Registered first, read second: what the status does not hold yet, the tail brings.
         match self.queue.status_and_entry(job_id).await {
             Ok((status, entry)) => {
-                watch.backlog.extend(status.last_event);
+                watch
+                    .backlog
+                    .extend(status.last_event.map(|event| (entry.clone(), event)));
                 watch.seen_up_to = entry;
             }
             Err(QueueError::NotFound(_)) => {}
@@ -193,8 +195,8 @@ pub struct JobWatch {
     watcher: u64,
     watchers: Weak<Watchers>,
     events: mpsc::UnboundedReceiver<Arc<Seen>>,
-    /// The newest event from the job's status, handed out first.
-    backlog: VecDeque<JobEvent>,
+    /// The newest event from the job's status, with its stream entry, handed out first.
+    backlog: VecDeque<(Option<String>, JobEvent)>,
     /// The stream entry of that event: older entries the tail brings are not news.
     seen_up_to: Option<String>,
     ended: bool,
@@ -216,11 +218,18 @@ impl JobWatch {
     /// The job's next event; `None` after its terminal event, or when the tail stopped. Wrap
     /// it in a timeout: a job can take long.
     pub async fn next(&mut self) -> Option<JobEvent> {
+        self.next_entry().await.map(|(_, event)| event)
+    }
+
+    /// [`JobWatch::next`] with the event's stream entry id (`<ms>-<seq>`), which orders events
+    /// of one origin: the API's server-sent events use it as their `id:`. `None` only for a
+    /// status written before entry ids were recorded.
+    pub async fn next_entry(&mut self) -> Option<(Option<String>, JobEvent)> {
         if self.ended {
             return None;
         }
-        let event = match self.backlog.pop_front() {
-            Some(event) => event,
+        let (entry, event) = match self.backlog.pop_front() {
+            Some(backlog) => backlog,
             None => loop {
                 let seen = self.events.recv().await?;
                 if self
@@ -230,16 +239,16 @@ impl JobWatch {
                 {
                     continue;
                 }
-                break seen.event.clone();
+                break (Some(seen.entry_id.clone()), seen.event.clone());
             },
         };
         self.ended = event.kind.is_terminal();
-        Some(event)
+        Some((entry, event))
     }
 }
 
 /// Whether stream entry id `a` comes after `b` (`<ms>-<seq>`, compared as numbers).
-fn entry_after(a: &str, b: &str) -> bool {
+pub fn entry_after(a: &str, b: &str) -> bool {
     let parse = |id: &str| {
         let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
         (

@@ -49,7 +49,13 @@ fn config() -> QueueConfig {
 
 /// A job whose encoded message is about `PAYLOAD_BYTES` long.
 fn job(i: usize) -> JobRequest {
-    let mut job = JobRequest::new(format!("{i:08} "), Origin::Api { client: None });
+    let mut job = JobRequest::new(
+        format!("{i:08} "),
+        Origin::Api {
+            client: None,
+            webhook: None,
+        },
+    );
     let base = ducks_contract::wire::encode(&job).len();
     job.prompt
         .push_str(&"d".repeat(PAYLOAD_BYTES.saturating_sub(base + 60)));

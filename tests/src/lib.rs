@@ -17,6 +17,7 @@
 //! - [`KubeApi`] is a local Kubernetes API server speaking the real REST and
 //!   watch protocol, with a Job controller and a kubelet that can run the
 //!   real runner, for the production `kube` client to talk to unchanged.
+//! - [`Browser`] is a headless Chromium driven over WebDriver, for the web page.
 //!
 //! Every wait in here polls with a deadline and panics with the tail of the
 //! server's log, so a broken environment fails fast and explains itself
@@ -28,9 +29,11 @@ mod kube;
 mod s3;
 mod server;
 mod support;
+mod webdriver;
 
 pub use self::kube::{KubeApi, KubeFault, Kubelet, PodBehaviour, Timing};
 pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
 pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};
+pub use webdriver::Browser;

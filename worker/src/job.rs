@@ -16,10 +16,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::WorkerConfig;
 use crate::launcher::{LaunchError, LaunchSpec, Launcher, Update};
-use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::outcome::{JobFailure, Outcome};
 use crate::sizing::compute_for;
+use ducks_models::links::Links;
 
 /// What every job task shares.
 pub struct Context<L> {

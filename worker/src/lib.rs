@@ -8,20 +8,19 @@
 //!
 //! ## Layout
 //! - The pure core: [`sizing`] (compute per job), [`outcome`] (runner exit → outcome and the
-//!   user's message), [`links`] (image links), [`launcher`] (the `Launcher` trait and the
+//!   user's message), [`launcher`] (the `Launcher` trait and the
 //!   runner's environment), [`kube::spec`] and [`kube::classify`] (the Job, and what the cluster
 //!   says of it).
 //! - I/O: [`service`] (`RunningWorker`: a worker started with its launcher and probes),
 //!   [`worker`] (the loop, catalogue sync, sweep, shutdown), `job` (one job's life), [`local`]
 //!   (runners as child processes), [`kube`] (runners as Kubernetes Jobs), [`http`] (probes and
-//!   metrics), [`metrics`].
+//!   metrics), [`metrics`]. Image links come from `ducks_models::links`, which the API shares.
 
 pub mod config;
 pub mod http;
 mod job;
 pub mod kube;
 pub mod launcher;
-pub mod links;
 pub mod local;
 pub mod metrics;
 pub mod outcome;

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 use crate::config::{LauncherKind, WorkerConfig};
 use crate::http::{self, Probe};
 use crate::kube::{KubeLauncher, rbac};
-use crate::links::Links;
 use crate::{Launcher, LocalLauncher, Metrics, Worker};
 use ducks_contract::links::LinkConfig;
+use ducks_models::links::Links;
 
 /// How long a starting worker waits for its first list of the cluster's Jobs.
 const SYNC_LIMIT: Duration = Duration::from_secs(30);

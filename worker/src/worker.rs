@@ -18,8 +18,8 @@ use crate::config::WorkerConfig;
 use crate::http::Probe;
 use crate::job::{self, Context};
 use crate::launcher::Launcher;
-use crate::links::Links;
 use crate::metrics::Metrics;
+use ducks_models::links::Links;
 
 /// After the grace period, how long jobs get to hand themselves back before the worker exits.
 const LEAVE_LIMIT: Duration = Duration::from_secs(10);

@@ -1,5 +1,6 @@
 //! One file per command; [`Command`] gathers them and [`run`] dispatches.
 
+mod api;
 mod cancel;
 mod config;
 mod demo;
@@ -31,6 +32,11 @@ pub enum Command {
     },
     /// Take jobs from the queue and launch one runner per job, until SIGTERM or SIGINT.
     Worker,
+    /// Serve the HTTP API until SIGTERM or SIGINT; `ducks api keys …` manages its keys.
+    Api {
+        #[command(subcommand)]
+        command: Option<api::Command>,
+    },
     /// Run one job as a GPU pod does: everything from the environment (docs/runner-contract.md).
     Runner,
     /// Run the whole stack on this machine (Redis, S3, a worker, tiny-sd) until Ctrl-C.
@@ -50,6 +56,10 @@ pub async fn run(command: Command, settings: Settings) -> Result<u8, Error> {
             models::run(command.unwrap_or(models::Command::List), &settings).await?
         }
         Command::Worker => worker::run(&settings).await?,
+        Command::Api { command: None } => api::serve(&settings).await?,
+        Command::Api {
+            command: Some(command),
+        } => api::run(command, &settings).await?,
         Command::Runner => return Ok(runner::run(&settings).await),
         Command::Dev => dev::run(settings).await?,
         Command::Demo(args) => return demo::run(args, settings).await,

@@ -8,6 +8,7 @@ mod redis;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ducks_api::{ApiConfig, RunningApi};
 use ducks_contract::Secret;
 use ducks_models::{Storage, embedded_s3};
 use ducks_queue::Queue;
@@ -33,6 +34,8 @@ pub struct Stack {
     redis: Option<RedisChild>,
     s3_stop: oneshot::Sender<()>,
     s3_task: JoinHandle<()>,
+    /// The HTTP API and its page, open (no keys) on this machine only.
+    api: RunningApi,
     worker: RunningWorker,
 }
 
@@ -91,6 +94,7 @@ impl Stack {
         worker.shutdown_grace_secs = worker.shutdown_grace_secs.min(5);
 
         let queue = settings.connect_queue().await?;
+        let api = start_api(&mut settings, &queue, &storage, &data).await?;
         let worker = RunningWorker::start(
             queue.clone(),
             &settings.s3,
@@ -99,6 +103,16 @@ impl Stack {
             &settings.runner.output_prefix,
         )
         .await?;
+        // The worker publishes the catalogue as it starts: wait for it, so the page and the API
+        // list tiny-sd from the moment the stack says it is running.
+        let published = async {
+            while queue.models().await.map_or(true, |c| c.models.is_empty()) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), published)
+            .await
+            .map_err(|_| "the worker did not publish the model catalogue within 30 s")?;
         Ok(Self {
             settings,
             queue,
@@ -106,6 +120,7 @@ impl Stack {
             redis,
             s3_stop,
             s3_task,
+            api,
             worker,
         })
     }
@@ -129,6 +144,10 @@ impl Stack {
             self.s3_endpoint,
             self.settings.s3.bucket,
             self.settings.dev.data_dir.join("s3").display()
+        ));
+        text.push_str(&format!(
+            "API        http://{}/ (open: no key needed; the page draws images, /v1 is OpenAI-compatible)\n",
+            self.api.address
         ));
         if let Some(probes) = self.worker.probes {
             text.push_str(&format!(
@@ -168,12 +187,67 @@ impl Stack {
     /// Stops the worker (gracefully), then S3 and Redis.
     pub async fn stop(self) -> Result<(), Error> {
         let worker = self.worker.stop().await.map(drop);
+        self.api.stop().await;
         let _ = self.s3_stop.send(());
         let _ = self.s3_task.await;
         if let Some(redis) = self.redis {
             redis.stop().await;
         }
         Ok(worker?)
+    }
+}
+
+/// The API, open on this machine (unless keys are configured), on `api.listen` or a free port
+/// when that is taken. Unless links are configured, images get permanent links to it, signed
+/// with a key kept in the data folder so links survive a restart of the stack.
+async fn start_api(
+    settings: &mut Settings,
+    queue: &Queue,
+    storage: &Storage,
+    data: &Path,
+) -> Result<RunningApi, Error> {
+    let links = &mut settings.links;
+    if links.base_url.is_empty() && links.cdn_base_url.is_empty() && links.signing_key.is_empty() {
+        links.signing_key = dev_signing_key(data)?;
+    }
+    if settings.api.pepper.is_empty() {
+        settings.api.open = true;
+    }
+    let start = |config: ApiConfig| {
+        RunningApi::start(
+            queue.clone(),
+            storage.clone(),
+            config,
+            settings.links.clone(),
+        )
+    };
+    let api = match start(settings.api.clone()).await {
+        Err(ducks_api::StartError::Listen { .. }) => {
+            start(ApiConfig {
+                listen: "127.0.0.1:0".into(),
+                ..settings.api.clone()
+            })
+            .await?
+        }
+        other => other?,
+    };
+    if settings.links.base_url.is_empty() && settings.links.cdn_base_url.is_empty() {
+        settings.links.base_url = format!("http://{}", api.address);
+    }
+    Ok(api)
+}
+
+/// The dev stack's link signing key, made once.
+fn dev_signing_key(data: &Path) -> Result<Secret, Error> {
+    let path = data.join("link-signing-key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => Ok(Secret::new(key.trim())),
+        _ => {
+            let key = ducks_api::auth::random_secret();
+            std::fs::write(&path, &key)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(Secret::new(key))
+        }
     }
 }
 

@@ -125,6 +125,7 @@ fn the_crates_form_layers_with_no_dependency_back_up() {
         "ducks-models",
         "ducks-runner",
         "ducks-worker",
+        "ducks-api",
     ] {
         assert!(
             graph.members.contains(present),
@@ -179,4 +180,5 @@ fn heavy_and_foreign_dependencies_stay_where_they_belong() {
     assert!(graph.reaches("ducks-runner").contains("candle-core"));
     assert!(graph.reaches("ducks-worker").contains("kube"));
     assert!(graph.reaches("ducks-queue").contains("redis"));
+    assert!(graph.reaches("ducks-api").contains("redis"));
 }

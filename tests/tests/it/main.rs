@@ -1,3 +1,4 @@
+mod api;
 mod docker;
 mod harness;
 mod hub;

@@ -48,6 +48,7 @@ async fn idempotency_keys_are_scoped_to_the_api_client_or_the_requester() {
             "a duck",
             Origin::Api {
                 client: Some(client.into()),
+                webhook: None,
             },
         );
         request.requester.id = user.into();

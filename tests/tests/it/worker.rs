@@ -572,7 +572,10 @@ async fn ducks_demo_prints_a_link_and_saves_the_image() {
         .lines()
         .find(|l| l.starts_with("http://127.0.0.1:"))
         .expect("a link");
-    assert!(link.contains("X-Amz-Signature="), "{link}");
+    assert!(
+        link.contains("/i/"),
+        "a permanent link to the stack's API: {link}"
+    );
     let saved = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Saved "))
@@ -599,8 +602,12 @@ async fn ducks_dev_serves_ducks_submit_until_interrupted() {
     // The settings it prints for other terminals.
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
     let mut exports = Vec::new();
+    let mut api = None;
     tokio::time::timeout(JOB_LIMIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("API") {
+                api = rest.split_whitespace().next().map(str::to_owned);
+            }
             if let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('='))
             {
                 exports.push((key.to_owned(), value.to_owned()));
@@ -616,6 +623,15 @@ async fn ducks_dev_serves_ducks_submit_until_interrupted() {
     assert!(
         exports.iter().any(|(k, _)| k == "DUCKS_REDIS__URL"),
         "{exports:?}"
+    );
+    // The API it serves, open on this machine: the catalogue without a key.
+    let api = api.expect("ducks dev prints the API's address");
+    let models = http_get(&format!("{api}v1/models")).await.unwrap();
+    assert_eq!(models.status, 200, "{api}");
+    assert!(
+        String::from_utf8_lossy(&models.body).contains("\"id\":\"tiny-sd\""),
+        "{}",
+        String::from_utf8_lossy(&models.body)
     );
 
     let out = dir.path().join("out");

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::{Storage, StorageError};
 use ducks_contract::Secret;
 use ducks_contract::links::{LinkConfig, permanent_link};
-use ducks_models::{Storage, StorageError};
 
 #[derive(Clone, Debug)]
 pub enum Links {
@@ -44,6 +44,18 @@ impl Links {
             });
         }
         Ok(Links::Presigned {
+            expires_in: Duration::from_secs(config.presign_ttl_secs),
+        })
+    }
+
+    /// Where a permanent link (`/i/<slug>`) sends whoever opens it: the CDN when one is
+    /// configured, otherwise a presigned link made now, so it is always fresh.
+    pub fn behind_permanent(config: &LinkConfig) -> Self {
+        Self::new(&LinkConfig {
+            base_url: String::new(),
+            ..config.clone()
+        })
+        .unwrap_or(Links::Presigned {
             expires_in: Duration::from_secs(config.presign_ttl_secs),
         })
     }
@@ -108,7 +120,7 @@ mod tests {
             ..LinkConfig::default()
         };
         let links = Links::new(&config).unwrap();
-        let storage = Storage::connect(&ducks_models::S3Config::default()).await;
+        let storage = Storage::connect(&crate::S3Config::default()).await;
         let link = links.link(&storage, "images/a/0.png").await.unwrap();
         let slug = link
             .strip_prefix("https://ducks.example.com/i/")
