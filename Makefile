@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout
+.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api
 
 # The real clients the suite drives the API with (tests/python/requirements.txt), installed once
 # into a virtual environment the build ignores; a change of the pins installs them again.
@@ -59,3 +59,10 @@ bench-kube:
 bench-fanout:
 	@scripts/ensure-tools redis
 	$(CARGO) bench -p ducks-tests --bench fanout --locked
+
+## The HTTP API: POST /v1/jobs beside Queue::submit, 5,000 event streams, images.generate's
+## overhead over its job; `ducks api` runs as the release binary.
+bench-api:
+	@scripts/ensure-tools redis
+	$(CARGO) build --release --locked -p ducks
+	$(CARGO) bench -p ducks-tests --bench api --locked

@@ -29,7 +29,8 @@ pub struct ApiConfig {
     pub events_max_secs: u64,
     /// The largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// How long a client may take to send its request body.
+    /// How long a client may take to send its request's headers, and then its body.
+    pub header_timeout_secs: u64,
     pub body_timeout_secs: u64,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; empty: none but
     /// the API's own page. `*` allows any.
@@ -55,6 +56,7 @@ impl Default for ApiConfig {
             max_prefer_wait_secs: 60,
             events_max_secs: 3_600,
             max_body_bytes: 64 * 1024,
+            header_timeout_secs: 10,
             body_timeout_secs: 10,
             cors_origins: String::new(),
             webhook_retry_secs: 24 * 3_600,

@@ -117,16 +117,22 @@ impl ApiError {
         self
     }
 
-    /// A job that ended without images, as an error of the request that waited for it.
-    pub fn job_failed(code: FailureCode, message: &str) -> Self {
-        let (status, kind) = match code {
+    /// A job that ended without images, as an error of the request that waited for it: a
+    /// failure a retry can fix (no GPU free, storage down) is 503 with `Retry-After`, so clients
+    /// retry it; one it cannot is 400, or 500 for a fault of ours.
+    pub fn job_failed(code: FailureCode, message: &str, retryable: bool) -> Self {
+        let error = match code {
             FailureCode::InvalidRequest | FailureCode::DeadlineExceeded => {
-                (StatusCode::BAD_REQUEST, "invalid_request_error")
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             }
-            FailureCode::UnknownModel => (StatusCode::NOT_FOUND, "invalid_request_error"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            FailureCode::UnknownModel => {
+                Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+            }
+            _ if retryable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+                .retry_after(Duration::from_secs(5)),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message),
         };
-        Self::new(status, kind, message).code(code.as_str())
+        error.code(code.as_str())
     }
 }
 

@@ -1,7 +1,8 @@
 //! What the API does with its origin's events, once per event whichever replica reads it (one
-//! consumer group, `api`): counts each key's images and GPU time, and turns events into webhook
-//! deliveries. An event is acknowledged only after its work is stored, so an API that stops
-//! midway does it on its next start (or another replica does).
+//! consumer group, `api`): counts each key's images and GPU time, files new images in the key's
+//! gallery, and turns events into webhook deliveries. An event is acknowledged only after its
+//! work is stored, so an API that stops midway does it on its next start (or another replica
+//! does); usage and deliveries are marked done, so an event read twice counts and sends once.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use ducks_queue::{EventReader, Queue, QueueError};
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::webhooks;
+use crate::{view, webhooks};
 
 /// The consumer group of every API replica on the `api` event stream.
 pub const GROUP: &str = "api";
@@ -65,26 +66,55 @@ pub async fn run(queue: Queue, consumer: String, mut stop: watch::Receiver<bool>
     }
 }
 
+/// How long a job's usage and its deliveries are remembered as done: longer than an event can
+/// wait to be read again.
+const REMEMBER: Duration = Duration::from_secs(8 * 24 * 3600);
+
 async fn handle(queue: &Queue, event: &JobEvent, entry: &str) -> Result<(), QueueError> {
-    // The delivery first: storing it again is harmless (receivers drop a repeated
-    // `webhook-id`), counting usage twice is not.
     if let Some(delivery) = webhooks::delivery_for(event, entry) {
         let stored = serde_json::to_string(&delivery).unwrap_or_default();
-        queue
-            .schedule_webhook(&delivery.id, &stored, Duration::ZERO)
-            .await?;
+        queue.add_webhook(&delivery.id, &stored).await?;
     }
-    if let (
-        EventKind::Succeeded { images, timings },
-        Origin::Api {
-            client: Some(client),
-            ..
-        },
-    ) = (&event.kind, &event.origin)
-    {
-        queue
-            .count_api_usage(client, 0, images.len() as u64, timings.gpu_seconds)
-            .await?;
+    let (EventKind::Succeeded { images, timings }, Origin::Api { client, .. }) =
+        (&event.kind, &event.origin)
+    else {
+        return Ok(());
+    };
+    let client = client.as_deref().unwrap_or(crate::auth::OPEN_CLIENT);
+    let first_time = queue
+        .count_api_images_once(
+            &event.job_id,
+            client,
+            images.len() as u64,
+            timings.gpu_seconds,
+            REMEMBER,
+        )
+        .await?;
+    if !first_time {
+        return Ok(());
+    }
+    // The gallery shows the prompt and model, which only the job's status still has.
+    let request = match queue.status(&event.job_id).await {
+        Ok(status) => status.request,
+        Err(QueueError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    for image in images {
+        let entry = view::GalleryImage {
+            job_id: event.job_id.to_string(),
+            url: image.url.clone(),
+            width: image.width,
+            height: image.height,
+            seed: image.seed,
+            prompt: request
+                .as_ref()
+                .map(|r| r.prompt.clone())
+                .unwrap_or_default(),
+            model: request.as_ref().and_then(|r| r.model.clone()),
+            created_at_ms: event.at_ms,
+        };
+        let json = serde_json::to_string(&entry).unwrap_or_default();
+        queue.add_to_gallery(client, &json).await?;
     }
     Ok(())
 }

@@ -173,9 +173,7 @@ pub async fn submit(api: &AppState, identity: &Identity, job: JobRequest) -> Res
             tracing::warn!(message = "Could not file a job among its key's jobs.", error = %e.message, job_id = %id);
         }
         if let Identity::Client(client) = identity
-            && let Err(e) = api
-                .deadline(api.queue.count_api_usage(&client.id, 1, 0, 0.0))
-                .await
+            && let Err(e) = api.deadline(api.queue.count_api_job(&client.id)).await
         {
             tracing::warn!(message = "Could not count a job in its key's usage.", error = %e.message, job_id = %id);
         }
@@ -228,7 +226,12 @@ pub async fn create(
     let submitted = submit(&api, &identity, job).await?;
     let id = submitted.id().clone();
     let mut finished = false;
-    if let (Some(wait), Some(mut watch)) = (wait, watch.filter(|w| w.job_id() == &id)) {
+    // An idempotent repeat answers the first job, and waits for that one.
+    let watch = match watch {
+        Some(watch) if watch.job_id() != &id => Some(api.deadline(api.tail.watch(&id)).await?),
+        other => other,
+    };
+    if let (Some(wait), Some(mut watch)) = (wait, watch) {
         finished = api
             .until_stopped(tokio::time::timeout(wait, async {
                 while let Some(event) = watch.next().await {
@@ -296,6 +299,38 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Only jobs in this state (`succeeded` for a gallery).
     pub state: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/gallery", tag = "images",
+    params(("limit" = Option<usize>, Query, description = "At most this many (1 to 48, default 24)", minimum = 1, maximum = 48)),
+    responses((status = 200, body = view::Gallery)),
+    security(("bearer" = [])))]
+pub async fn gallery(
+    State(api): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<GalleryQuery>, QueryRejection>,
+) -> Result<Json<view::Gallery>> {
+    let identity = api.identify(&headers).await?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(24);
+    if !(1..=48).contains(&limit) {
+        return Err(ApiError::invalid("limit", "`limit` must be 1 to 48."));
+    }
+    let stored = api
+        .deadline(api.queue.gallery(identity.client_id(), limit))
+        .await?;
+    Ok(Json(view::Gallery {
+        object: "list",
+        data: stored
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GalleryQuery {
+    pub limit: Option<usize>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -29,6 +29,7 @@ pub mod openai;
 pub mod openapi;
 pub mod page;
 pub mod router;
+mod server;
 pub mod view;
 pub mod webhooks;
 
@@ -190,19 +191,15 @@ impl RunningApi {
             std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
             std::process::id()
         );
+        let header_timeout = Duration::from_secs(api.config.header_timeout_secs.max(1));
         let app = router::router(api);
-        let mut server_stop = stopped.clone();
         let tasks = vec![
-            tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = server_stop.wait_for(|stop| *stop).await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(message = "The API server stopped.", error = %e);
-                }
-            }),
+            tokio::spawn(server::serve(
+                listener,
+                app,
+                header_timeout,
+                stopped.clone(),
+            )),
             tokio::spawn(follow::run(queue, consumer, stopped.clone())),
             tokio::spawn(sender.run(stopped)),
         ];
@@ -217,12 +214,13 @@ impl RunningApi {
     /// background tasks. Anything unfinished stays in Redis for the next start.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(10), task)
+        for mut task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(15), &mut task)
                 .await
                 .is_err()
             {
-                tracing::warn!(message = "An API task did not stop within 10 s.");
+                tracing::warn!(message = "An API task did not stop within 15 s; stopping it.");
+                task.abort();
             }
         }
     }

@@ -44,16 +44,14 @@ pub async fn image(State(api): State<AppState>, Path(slug): Path<String>) -> Res
     })?;
     let location = HeaderValue::from_str(&target)
         .map_err(|_| ApiError::internal("The image's link is not a valid header."))?;
+    // The target may be a presigned link: a cache may keep the redirect for half its life at
+    // most.
+    let max_age = (api.links.presign_ttl_secs / 2).min(60);
+    let cache = HeaderValue::from_str(&format!("private, max-age={max_age}"))
+        .unwrap_or(HeaderValue::from_static("no-store"));
     Ok((
         StatusCode::FOUND,
-        [
-            (header::LOCATION, location),
-            // The target may be a presigned link: never let a cache keep it past its life.
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, max-age=60"),
-            ),
-        ],
+        [(header::LOCATION, location), (header::CACHE_CONTROL, cache)],
     )
         .into_response())
 }

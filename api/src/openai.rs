@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ducks_contract::{EventKind, JobId, JobRequest, ModelCatalogue, Size};
+use ducks_contract::{EventKind, JobId, JobRequest, JobState, ModelCatalogue, Size};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -309,11 +309,22 @@ pub async fn generate(
         .and_then(|v| v.parse::<u32>().ok())
         .is_some_and(|n| n > 0);
     let wait = Duration::from_secs(api.config.generation_wait_secs);
-    let earlier = if is_retry {
+    let mut earlier = if is_retry {
         api.deadline(api.queue.api_attempt(&fingerprint)).await?
     } else {
         None
     };
+    // A retry of a job that failed or was cancelled draws anew rather than repeat its end.
+    if let Some(id) = &earlier {
+        match api.deadline(api.queue.status(id)).await {
+            Ok(status) if matches!(status.state, JobState::Failed | JobState::Cancelled) => {
+                earlier = None
+            }
+            Ok(_) => {}
+            Err(e) if e.status == StatusCode::NOT_FOUND => earlier = None,
+            Err(e) => return Err(e),
+        }
+    }
     let id = match earlier {
         Some(id) => id,
         None => {
@@ -411,7 +422,11 @@ async fn finish(
                 data,
             }))
         }
-        EventKind::Failed { code, message, .. } => Err(ApiError::job_failed(code, &message)),
+        EventKind::Failed {
+            code,
+            message,
+            retryable,
+        } => Err(ApiError::job_failed(code, &message, retryable)),
         _ => Err(ApiError::bad_request("The job was cancelled.").code("cancelled")),
     }
 }

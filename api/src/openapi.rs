@@ -13,14 +13,14 @@ use crate::{error, jobs, links, openai, view};
     info(title = "DUCKS", description = "One API call spins up the GPU for that call and returns the image. OpenAI-compatible image generation, native jobs with live progress, webhooks, permanent image links."),
     paths(
         openai::list_models, openai::get_model, openai::generate,
-        jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::events,
+        jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::gallery,
         links::image,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         view::ModelList, view::ModelView, view::GpuView,
         view::JobView, view::ProgressView, view::RequestView, view::ImageView, view::TimingsView,
-        view::JobErrorView, view::JobUrls,
+        view::JobErrorView, view::JobUrls, view::Gallery, view::GalleryImage,
         openai::ImageGenerationRequest, openai::ImagesResponse, openai::ImageData,
         jobs::CreateJob, jobs::WebhookRequest, jobs::JobList,
     )),

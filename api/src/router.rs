@@ -28,6 +28,7 @@ pub fn router(api: AppState) -> Router {
         .route("/v1/jobs", get(jobs::list).post(jobs::create))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/gallery", get(jobs::gallery))
         .route("/i/{slug}", get(links::image))
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -109,7 +110,17 @@ async fn count(State(api): State<AppState>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or("unmatched", |path| path.as_str())
         .to_owned();
-    let method = request.method().to_string();
+    // Only the standard methods name a label: made-up ones would grow the label set forever.
+    let method = match *request.method() {
+        Method::GET
+        | Method::POST
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::PUT
+        | Method::PATCH => request.method().as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
     let response = next.run(request).await;
     api.metrics.request(
         &route,

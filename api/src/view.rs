@@ -71,6 +71,27 @@ pub fn model(info: &ModelInfo) -> ModelView {
     }
 }
 
+/// One image of a key's gallery, kept in Redis beyond its job's status.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct GalleryImage {
+    pub job_id: String,
+    pub url: String,
+    pub width: u32,
+    pub height: u32,
+    pub seed: u64,
+    pub prompt: String,
+    pub model: Option<String>,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Gallery {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Newest first.
+    pub data: Vec<GalleryImage>,
+}
+
 /// A job: where it is, what it asked for, and what it made (the per-job receipt).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct JobView {

@@ -31,6 +31,12 @@ use crate::view;
 const MAX_URL_LEN: usize = 2_048;
 /// Deliveries taken per round.
 const BATCH: usize = 32;
+/// Deliveries in flight at once per replica: a slow receiver holds one of these, not the rest.
+const IN_FLIGHT: usize = 64;
+/// The longest a client lookup for a delivery may take.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(5);
+/// How long a done delivery is remembered, so its event read again never sends it twice.
+const REMEMBER_DONE: Duration = Duration::from_secs(8 * 24 * 3600);
 /// How often due deliveries are looked for.
 const POLL: Duration = Duration::from_millis(200);
 /// The first retry's pause; it doubles up to [`MAX_BACKOFF`].
@@ -91,21 +97,41 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || a == 0
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 198 && (b == 18 || b == 19))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            match segments {
+                // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d): the IPv4 address.
+                [0, 0, 0, 0, 0, 0xffff, high, low] | [0, 0, 0, 0, 0, 0, high, low]
+                    if !v6.is_loopback() && !v6.is_unspecified() =>
+                {
+                    embedded(high, low)
+                }
+                // NAT64 (64:ff9b::/96) reaches the IPv4 address it carries.
+                [0x64, 0xff9b, 0, 0, 0, 0, high, low] => embedded(high, low),
+                // 6to4 (2002::/16) carries an IPv4 address too.
+                [0x2002, high, low, ..] => embedded(high, low),
+                [first, second, ..] => {
+                    !(v6.is_loopback()
+                        || v6.is_unspecified()
+                        || v6.is_multicast()
+                        || (first & 0xfe00) == 0xfc00 // unique local
+                        || (first & 0xffc0) == 0xfe80 // link-local
+                        || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+                        || (first == 0x64 && second == 0xff9b) // local-use NAT64 (64:ff9b:1::/48)
+                        || (first == 0x2001 && second == 0) // Teredo
+                        || (first == 0x2001 && second == 0x0db8)) // documentation
+                }
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
         }
     }
 }
@@ -199,6 +225,7 @@ pub struct Sender {
     http: reqwest::Client,
     retry_for: Duration,
     timeout: Duration,
+    allow_private: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -211,6 +238,8 @@ impl Sender {
         let timeout = Duration::from_secs(config.webhook_timeout_secs.max(1));
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve and connect on its own, past the address check.
+            .no_proxy()
             .timeout(timeout)
             .dns_resolver(Arc::new(PublicOnly {
                 allow_private: config.webhook_allow_private,
@@ -223,24 +252,44 @@ impl Sender {
             http,
             retry_for: Duration::from_secs(config.webhook_retry_secs),
             timeout,
+            allow_private: config.webhook_allow_private,
             metrics,
         })
     }
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        // A taken delivery is leased for longer than one attempt can take.
-        let lease = self.timeout + Duration::from_secs(10);
+        // A taken delivery is leased for longer than one attempt can take: the client lookup,
+        // the request, and storing the outcome.
+        let lease = LOOKUP_LIMIT + self.timeout + Duration::from_secs(30);
+        let sender = Arc::new(self);
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let mut sending = tokio::task::JoinSet::new();
         while !*stop.borrow() {
-            let due = match self.queue.take_due_webhooks(BATCH, lease).await {
-                Ok(due) => due,
-                Err(e) => {
-                    warn!(message = "Reading due webhooks failed; retrying.", error = %e);
-                    Vec::new()
+            while sending.try_join_next().is_some() {}
+            let free = slots.available_permits().min(BATCH);
+            let due = if free == 0 {
+                Vec::new()
+            } else {
+                let take = sender.queue.take_due_webhooks(free, lease);
+                tokio::select! {
+                    taken = take => taken.unwrap_or_else(|e| {
+                        warn!(message = "Reading due webhooks failed; retrying.", error = %e);
+                        Vec::new()
+                    }),
+                    _ = stop.changed() => break,
                 }
             };
             let idle = due.is_empty();
-            let sends = due.into_iter().map(|(id, stored)| self.attempt(id, stored));
-            futures_util::future::join_all(sends).await;
+            for (id, stored) in due {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let sender = sender.clone();
+                sending.spawn(async move {
+                    sender.attempt(id, stored).await;
+                    drop(slot);
+                });
+            }
             if idle {
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
@@ -248,6 +297,12 @@ impl Sender {
                 }
             }
         }
+        // Deliveries in flight finish or are cut short; a cut one comes due again after its lease.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while sending.join_next().await.is_some() {}
+        })
+        .await;
+        sending.abort_all();
     }
 
     async fn attempt(&self, id: String, stored: String) {
@@ -255,16 +310,24 @@ impl Sender {
             Ok(delivery) => delivery,
             Err(e) => {
                 warn!(message = "Dropping an unreadable webhook delivery.", delivery = %id, error = %e);
-                let _ = self.queue.finish_webhook(&id).await;
+                let _ = self.queue.finish_webhook(&id, REMEMBER_DONE).await;
                 return;
             }
         };
         delivery.attempts += 1;
+        // Checked again at every attempt (a literal address never reaches the resolver); an
+        // address refused now is refused for good.
+        if let Err(why) = check_url(&delivery.url, self.allow_private) {
+            warn!(message = "Webhook given up: its address is refused.", delivery = %delivery.id, reason = %why);
+            let _ = self.queue.finish_webhook(&id, REMEMBER_DONE).await;
+            self.metrics.webhook("given_up");
+            return;
+        }
         let result = self.send(&delivery).await;
         let outcome = match result {
             Ok(()) => {
                 info!(message = "Webhook delivered.", delivery = %delivery.id, attempts = delivery.attempts);
-                let _ = self.queue.finish_webhook(&id).await;
+                let _ = self.queue.finish_webhook(&id, REMEMBER_DONE).await;
                 "delivered"
             }
             Err(why)
@@ -272,7 +335,7 @@ impl Sender {
                     > self.retry_for.as_millis() as u64 =>
             {
                 warn!(message = "Webhook given up.", delivery = %delivery.id, attempts = delivery.attempts, reason = %why);
-                let _ = self.queue.finish_webhook(&id).await;
+                let _ = self.queue.finish_webhook(&id, REMEMBER_DONE).await;
                 "given_up"
             }
             Err(why) => {
@@ -282,7 +345,7 @@ impl Sender {
                 let jittered = backoff.mul_f64(0.8 + fastrand::f64() * 0.4);
                 warn!(message = "Webhook failed; it will be retried.", delivery = %delivery.id, attempts = delivery.attempts, retry_in_ms = jittered.as_millis() as u64, reason = %why);
                 let stored = serde_json::to_string(&delivery).unwrap_or(stored);
-                if let Err(e) = self.queue.schedule_webhook(&id, &stored, jittered).await {
+                if let Err(e) = self.queue.retry_webhook(&id, &stored, jittered).await {
                     warn!(message = "Could not reschedule a webhook; its lease brings it back.", delivery = %delivery.id, error = %e);
                 }
                 "failed"
@@ -292,10 +355,9 @@ impl Sender {
     }
 
     async fn send(&self, delivery: &Delivery) -> Result<(), String> {
-        let client = self
-            .queue
-            .api_client(&delivery.client)
+        let client = tokio::time::timeout(LOOKUP_LIMIT, self.queue.api_client(&delivery.client))
             .await
+            .map_err(|_| "the job queue did not answer".to_owned())?
             .map_err(|e| e.to_string())?
             .ok_or("the API key that asked for it no longer exists")?;
         let timestamp = now_ms() / 1000;
@@ -315,7 +377,8 @@ impl Sender {
             .body(delivery.body.clone())
             .send()
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            // Without the URL: webhook URLs often carry a token.
+            .map_err(|e| format!("{:#}", e.without_url()))?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -355,6 +418,16 @@ mod tests {
             ("http://[::1]/x", false),
             ("http://[fd00::1]/x", false),
             ("http://[::ffff:127.0.0.1]/x", false),
+            ("http://[::ffff:203.0.114.5]/x", true),
+            ("http://[::10.0.0.1]/x", false),
+            ("http://[64:ff9b::a00:1]/x", false),
+            ("http://[64:ff9b::cb00:7205]/x", true),
+            ("http://[64:ff9b:1::1]/x", false),
+            ("http://[2002:c0a8:1::1]/x", false),
+            ("http://[2001:0:4136:e378::1]/x", false),
+            ("http://[fec0::1]/x", false),
+            ("http://[2606:4700::1111]/x", true),
+            ("http://192.0.0.8/x", false),
             ("http://localhost:9000/x", false),
             ("http://metadata.google.internal/x", false),
             ("ftp://example.com/x", false),

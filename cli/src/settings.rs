@@ -142,7 +142,17 @@ impl Settings {
             )
             .build()
             .and_then(|c| c.try_deserialize::<Settings>())
+            .map(Settings::settled)
             .map_err(|e| SettingsError(e.to_string()))
+    }
+
+    /// Defaults that follow from other settings: the API's public address is where permanent
+    /// image links point, unless `links.base_url` says otherwise.
+    fn settled(mut self) -> Self {
+        if self.links.base_url.is_empty() && !self.api.public_url.is_empty() {
+            self.links.base_url = self.api.public_url.clone();
+        }
+        self
     }
 }
 
@@ -302,6 +312,18 @@ mod tests {
             }
             _ => out.push(prefix.to_owned()),
         }
+    }
+
+    #[test]
+    fn image_links_point_at_the_apis_public_address_unless_told_otherwise() {
+        let settings = load(&[("DUCKS_API__PUBLIC_URL", "https://ducks.example.com")]).unwrap();
+        assert_eq!(settings.links.base_url, "https://ducks.example.com");
+        let settings = load(&[
+            ("DUCKS_API__PUBLIC_URL", "https://ducks.example.com"),
+            ("DUCKS_LINKS__BASE_URL", "https://i.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(settings.links.base_url, "https://i.example.com");
     }
 
     #[test]

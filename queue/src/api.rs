@@ -12,6 +12,8 @@ use crate::{Queue, QueueError, Result};
 
 /// Job ids kept per client for `GET /v1/jobs`.
 const RECENT_JOBS: isize = 100;
+/// Images kept per client for the page's gallery.
+const GALLERY_IMAGES: isize = 48;
 
 impl Queue {
     /// Stores a new client under its key's digest. Fails if the digest is taken (a key made
@@ -148,37 +150,80 @@ impl Queue {
         })
     }
 
-    /// Adds to a client's usage.
-    pub async fn count_api_usage(
-        &self,
-        id: &str,
-        jobs: u64,
-        images: u64,
-        gpu_seconds: f64,
-    ) -> Result<()> {
-        let gpu_ms = (gpu_seconds * 1000.0).round() as u64;
+    /// Counts a job a client submitted.
+    pub async fn count_api_job(&self, id: &str) -> Result<()> {
         self.with_retry(|mut conn, keys| async move {
-            redis::pipe()
-                .cmd("HINCRBY")
+            redis::cmd("HINCRBY")
                 .arg(keys.api_usage(id))
                 .arg("jobs")
-                .arg(jobs)
+                .arg(1)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a finished job's images and GPU time in its client's usage, once per job however
+    /// often its event is read; the job is remembered for `remember`. Answers whether this was
+    /// the first time.
+    pub async fn count_api_images_once(
+        &self,
+        job: &JobId,
+        client: &str,
+        images: u64,
+        gpu_seconds: f64,
+        remember: Duration,
+    ) -> Result<bool> {
+        let gpu_ms = (gpu_seconds * 1000.0).round() as u64;
+        let counted: bool = self
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::USAGE_ONCE.prepare_invoke();
+                invocation
+                    .key(keys.api_counted(job))
+                    .key(keys.api_usage(client))
+                    .arg(images)
+                    .arg(gpu_ms)
+                    .arg(remember.as_secs().max(1));
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(counted)
+    }
+
+    /// Adds an image (JSON, the API's) to the front of a client's gallery, capped.
+    pub async fn add_to_gallery(&self, client: &str, image: &str) -> Result<()> {
+        self.with_retry(|mut conn, keys| async move {
+            redis::pipe()
+                .cmd("LPUSH")
+                .arg(keys.api_gallery(client))
+                .arg(image)
                 .ignore()
-                .cmd("HINCRBY")
-                .arg(keys.api_usage(id))
-                .arg("images")
-                .arg(images)
-                .ignore()
-                .cmd("HINCRBY")
-                .arg(keys.api_usage(id))
-                .arg("gpu_ms")
-                .arg(gpu_ms)
+                .cmd("LTRIM")
+                .arg(keys.api_gallery(client))
+                .arg(0)
+                .arg(GALLERY_IMAGES - 1)
                 .ignore()
                 .query_async::<()>(&mut conn)
                 .await
         })
         .await?;
         Ok(())
+    }
+
+    /// A client's newest images, newest first.
+    pub async fn gallery(&self, client: &str, limit: usize) -> Result<Vec<String>> {
+        let stop = limit.clamp(1, GALLERY_IMAGES as usize) as isize - 1;
+        Ok(self
+            .with_retry(|mut conn, keys| async move {
+                redis::cmd("LRANGE")
+                    .arg(keys.api_gallery(client))
+                    .arg(0)
+                    .arg(stop)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?)
     }
 
     /// Remembers a job among a client's newest (`client` is the client id, or `open` without
@@ -252,8 +297,25 @@ impl Queue {
         Ok(id.and_then(|id| id.parse().ok()))
     }
 
-    /// Stores webhook delivery `id` and makes it due in `delay`: the first try, or the next.
-    pub async fn schedule_webhook(&self, id: &str, delivery: &str, delay: Duration) -> Result<()> {
+    /// Adds webhook delivery `id`, due now, unless it is waiting already or was done. Answers
+    /// whether it was added.
+    pub async fn add_webhook(&self, id: &str, delivery: &str) -> Result<bool> {
+        Ok(self
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::WEBHOOK_ADD.prepare_invoke();
+                invocation
+                    .key(keys.webhooks_due())
+                    .key(keys.webhooks())
+                    .key(keys.webhook_done(id))
+                    .arg(id)
+                    .arg(delivery);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?)
+    }
+
+    /// Stores webhook delivery `id` again after a failed attempt, due in `delay`.
+    pub async fn retry_webhook(&self, id: &str, delivery: &str, delay: Duration) -> Result<()> {
         self.with_retry(|mut conn, keys| {
             let mut invocation = scripts::WEBHOOK_SCHEDULE.prepare_invoke();
             invocation
@@ -292,21 +354,17 @@ impl Queue {
             .collect())
     }
 
-    /// Forgets a delivery that was made, or given up.
-    pub async fn finish_webhook(&self, id: &str) -> Result<()> {
-        self.with_retry(|mut conn, keys| async move {
-            redis::pipe()
-                .atomic()
-                .cmd("ZREM")
-                .arg(keys.webhooks_due())
+    /// Forgets a delivery that was made or given up, and remembers it is done for `remember`.
+    pub async fn finish_webhook(&self, id: &str, remember: Duration) -> Result<()> {
+        self.with_retry(|mut conn, keys| {
+            let mut invocation = scripts::WEBHOOK_DONE.prepare_invoke();
+            invocation
+                .key(keys.webhooks_due())
+                .key(keys.webhooks())
+                .key(keys.webhook_done(id))
                 .arg(id)
-                .ignore()
-                .cmd("HDEL")
-                .arg(keys.webhooks())
-                .arg(id)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
+                .arg(remember.as_secs().max(1));
+            async move { invocation.invoke_async::<()>(&mut conn).await }
         })
         .await?;
         Ok(())

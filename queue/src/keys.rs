@@ -131,4 +131,22 @@ impl Keys {
     pub fn webhooks(&self) -> String {
         format!("{}api:webhooks", self.prefix)
     }
+
+    /// Set once a webhook delivery is done (made or given up), so reading its event again
+    /// never sends it twice; with a time to live.
+    pub fn webhook_done(&self, id: &str) -> String {
+        format!("{}api:webhook-done:{id}", self.prefix)
+    }
+
+    /// Set once a job's images and GPU time are counted in its key's usage, so reading its
+    /// event again never counts them twice; with a time to live.
+    pub fn api_counted(&self, job: &JobId) -> String {
+        format!("{}api:counted:{job}", self.prefix)
+    }
+
+    /// List of a client's newest images (JSON, owned by the API), newest first and capped: the
+    /// page's gallery, kept beyond the jobs' status lifetime.
+    pub fn api_gallery(&self, client: &str) -> String {
+        format!("{}api:gallery:{client}", self.prefix)
+    }
 }

@@ -29,6 +29,9 @@ script!(GIVE_BACK, "scripts/give_back.lua");
 script!(PRUNE, "scripts/prune.lua");
 script!(WEBHOOK_SCHEDULE, "scripts/webhook_schedule.lua");
 script!(WEBHOOK_TAKE, "scripts/webhook_take.lua");
+script!(WEBHOOK_ADD, "scripts/webhook_add.lua");
+script!(WEBHOOK_DONE, "scripts/webhook_done.lua");
+script!(USAGE_ONCE, "scripts/usage_once.lua");
 
 /// Stands for the queue position in the Queued event until the submit script knows it.
 pub const POSITION_PLACEHOLDER: u64 = 987_654_321_987_654_321;

@@ -211,7 +211,10 @@ async fn start_api(
         links.signing_key = dev_signing_key(data)?;
     }
     if settings.api.pepper.is_empty() {
+        // Open, so on this machine only, whatever api.listen says.
         settings.api.open = true;
+        let port = settings.api.listen.rsplit(':').next().unwrap_or("8080");
+        settings.api.listen = format!("127.0.0.1:{port}");
     }
     let start = |config: ApiConfig| {
         RunningApi::start(

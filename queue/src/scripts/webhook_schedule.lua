@@ -1,4 +1,4 @@
--- Stores a webhook delivery and makes it due after a delay (the first try, or the next one).
+-- Stores a webhook delivery again after a failed attempt, due after its backoff.
 -- KEYS: webhooks_due, webhooks
 -- ARGV: delivery id, delivery (JSON), delay ms
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])

@@ -196,7 +196,7 @@ async fn the_openai_python_client_works_by_changing_its_base_url() {
     );
     let mut world = World::new(api_config()).await;
     world.start_worker().await;
-    let (key, _) = world.key("openai", false).await;
+    let (key, client) = world.key("openai", false).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_client.py");
     let run = tokio::process::Command::new(&python)
         .arg(script)
@@ -218,6 +218,34 @@ async fn the_openai_python_client_works_by_changing_its_base_url() {
         stdout.contains("all openai client checks passed"),
         "{stdout}"
     );
+
+    // The key's receipt: two jobs (the bad size queued none), three images, counted once each.
+    eventually(JOB_LIMIT, "the images are counted", || async {
+        world.queue.api_usage(&client.id).await.unwrap().images == 3
+    })
+    .await;
+    let usage = world.queue.api_usage(&client.id).await.unwrap();
+    assert_eq!(usage.jobs, 2, "{usage:?}");
+    let list = tokio::process::Command::new(ducks_binary())
+        .args(["api", "keys", "list"])
+        .env_clear()
+        .env("DUCKS_REDIS__URL", world.redis.url())
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{table}");
+    let row = table
+        .lines()
+        .find(|line| line.starts_with(&client.id))
+        .unwrap_or_else(|| panic!("no row for the key: {table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..6],
+        ["openai", "no", "active", "2", "3"],
+        "{table}"
+    );
+    assert!(!table.contains(&key), "keys never print again: {table}");
 }
 
 /// Server-sent events: queued, starting, progress, succeeded; a dropped stream resumed with
@@ -664,6 +692,9 @@ async fn webhooks_survive_a_down_receiver_and_an_api_restart() {
     );
     let payload: Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["type"], "job.succeeded", "{payload}");
+    // Its event read again (after a crash before its acknowledgement) sends nothing twice.
+    let webhook_id = headers["webhook-id"].to_str().unwrap();
+    assert!(!world.queue.add_webhook(webhook_id, body).await.unwrap());
     assert_eq!(payload["data"]["job_id"], job["id"]);
     assert_eq!(payload["data"]["images"][0]["width"], 64);
 }

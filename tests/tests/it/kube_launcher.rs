@@ -204,6 +204,38 @@ async fn a_job_runs_as_a_kubernetes_job_and_returns_a_working_link() {
     );
 }
 
+/// A Discord job's interaction token is a credential: the Job the API server stores (and so its
+/// pod, built from it) never carries it, whoever can read Jobs in the namespace.
+#[tokio::test]
+async fn an_interaction_token_never_reaches_the_job_spec() {
+    const TOKEN: &str = "interaction-token-that-must-stay-with-the-bot";
+    let world = World::new().await;
+    let worker = world.start_worker(world.worker_config(), "w1").await;
+    let mut job = quick("a duck from discord");
+    job.origin = ducks_contract::Origin::Discord {
+        application_id: "1".into(),
+        interaction_token: ducks_contract::Secret::new(TOKEN),
+        channel_id: "2".into(),
+        guild_id: Some("3".into()),
+    };
+    let id = world.submit(job).await;
+    let name = spec::job_name(&id);
+    crate::support::eventually(JOB_LIMIT, "the Job is created", || async {
+        world.api.jobs_created(NS, &name) == 1
+    })
+    .await;
+    let stored = serde_json::to_string(&world.api.job(NS, &name)).unwrap();
+    assert!(
+        stored.contains(id.as_str()),
+        "the Job is this job's: {stored}"
+    );
+    assert!(
+        !stored.contains(TOKEN),
+        "the token leaked into the Job: {stored}"
+    );
+    worker.stop().await.unwrap();
+}
+
 /// One failure the cluster can show, and what the user must see.
 struct Case {
     name: &'static str,
