@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use ducks_contract::{JobId, JobRequest, JobStatus, Size, Webhook};
+use ducks_contract::{JobId, JobRequest, JobState, JobStatus, Size, Webhook};
 use ducks_queue::{Cancelled, QueueError, Submitted};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -167,15 +167,13 @@ pub async fn submit(api: &AppState, identity: &Identity, job: JobRequest) -> Res
         .deadline(api.queue.submit_checked_limited(job, identity.limits()))
         .await?;
     if let Submitted::Queued { id, .. } = &submitted {
-        let client = identity.client_id();
+        let counted = matches!(identity, Identity::Client(_));
         // Bookkeeping after the job is safely queued: failing here must not fail the request.
-        if let Err(e) = api.deadline(api.queue.remember_api_job(client, id)).await {
-            tracing::warn!(message = "Could not file a job among its key's jobs.", error = %e.message, job_id = %id);
-        }
-        if let Identity::Client(client) = identity
-            && let Err(e) = api.deadline(api.queue.count_api_job(&client.id)).await
+        if let Err(e) = api
+            .deadline(api.queue.file_api_job(identity.client_id(), id, counted))
+            .await
         {
-            tracing::warn!(message = "Could not count a job in its key's usage.", error = %e.message, job_id = %id);
+            tracing::warn!(message = "Could not file a job among its key's jobs.", error = %e.message, job_id = %id);
         }
     }
     Ok(submitted)
@@ -223,6 +221,7 @@ pub async fn create(
         Some(_) => Some(api.deadline(api.tail.watch(&id)).await?),
         None => None,
     };
+    let shown = job.without_secrets();
     let submitted = submit(&api, &identity, job).await?;
     let id = submitted.id().clone();
     let mut finished = false;
@@ -244,7 +243,25 @@ pub async fn create(
             .await
             .is_some_and(|ended| ended.unwrap_or(false));
     }
-    let status = api.deadline(api.queue.status(&id)).await?;
+    let status = match &submitted {
+        // A new job that nobody waits for is as it was queued: no status read (which counts
+        // the jobs ahead, a cost that grows with the backlog).
+        Submitted::Queued { position, .. } if wait.is_none() => {
+            let now = ducks_queue::now_ms();
+            JobStatus {
+                id: id.clone(),
+                state: JobState::Queued,
+                position: Some(*position),
+                attempt: 0,
+                cancel_requested: false,
+                submitted_at_ms: shown.submitted_at_ms.unwrap_or(now),
+                updated_at_ms: now,
+                request: Some(shown),
+                last_event: None,
+            }
+        }
+        _ => api.deadline(api.queue.status(&id)).await?,
+    };
     let code = if finished || status.state.is_terminal() {
         StatusCode::OK
     } else {
@@ -441,8 +458,21 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let identity = api.identify(&headers).await?;
-    let status = visible_status(&api, &identity, &id).await?;
-    let watch = api.deadline(api.tail.watch(&status.id)).await?;
+    let not_found = || {
+        ApiError::not_found(format!(
+            "No job `{}` for this key.",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
+    let job_id: JobId = id.parse().map_err(|_| not_found())?;
+    // One status read serves both the check of who may watch and the watch's first event.
+    let (watch, status) = api.deadline(api.tail.watch_status(&job_id)).await?;
+    let visible = status
+        .and_then(|status| status.request)
+        .is_some_and(|request| identity.may_see(&request));
+    if !visible {
+        return Err(not_found());
+    }
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

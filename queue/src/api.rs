@@ -150,20 +150,6 @@ impl Queue {
         })
     }
 
-    /// Counts a job a client submitted.
-    pub async fn count_api_job(&self, id: &str) -> Result<()> {
-        self.with_retry(|mut conn, keys| async move {
-            redis::cmd("HINCRBY")
-                .arg(keys.api_usage(id))
-                .arg("jobs")
-                .arg(1)
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await?;
-        Ok(())
-    }
-
     /// Counts a finished job's images and GPU time in its client's usage, once per job however
     /// often its event is read; the job is remembered for `remember`. Answers whether this was
     /// the first time.
@@ -226,12 +212,12 @@ impl Queue {
             .await?)
     }
 
-    /// Remembers a job among a client's newest (`client` is the client id, or `open` without
-    /// keys).
-    pub async fn remember_api_job(&self, client: &str, id: &JobId) -> Result<()> {
+    /// Files a new job among a client's newest (`client` is the client id, or `open` without
+    /// keys) and, for a keyed client, counts it in the client's usage: one round trip.
+    pub async fn file_api_job(&self, client: &str, id: &JobId, count: bool) -> Result<()> {
         self.with_retry(|mut conn, keys| async move {
-            redis::pipe()
-                .cmd("LPUSH")
+            let mut pipe = redis::pipe();
+            pipe.cmd("LPUSH")
                 .arg(keys.api_recent(client))
                 .arg(id.as_str())
                 .ignore()
@@ -239,9 +225,15 @@ impl Queue {
                 .arg(keys.api_recent(client))
                 .arg(0)
                 .arg(RECENT_JOBS - 1)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
+                .ignore();
+            if count {
+                pipe.cmd("HINCRBY")
+                    .arg(keys.api_usage(client))
+                    .arg("jobs")
+                    .arg(1)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
         })
         .await?;
         Ok(())

@@ -289,7 +289,7 @@ impl Queue {
     /// marked and its worker told through its lease renewal. Only the requester, a moderator of
     /// the job's scope or an operator may cancel it.
     pub async fn cancel(&self, id: &JobId, caller: &Caller) -> Result<Cancelled> {
-        let (status, _) = self.status_and_entry(id).await?;
+        let (status, _) = self.status_and_entry(id, false).await?;
         let request = status.request.ok_or_else(|| {
             // A job that could not be read has already failed for good.
             QueueError::NotFound(id.to_string())
@@ -364,19 +364,24 @@ impl Queue {
 
     /// What the queue knows of a job, without the origin's credentials: safe to print or serve.
     pub async fn status(&self, id: &JobId) -> Result<JobStatus> {
-        Ok(self.status_and_entry(id).await?.0)
+        Ok(self.status_and_entry(id, true).await?.0)
     }
 
     /// The status, and the entry id of its newest event on the origin's stream (for watchers
     /// that start after the job).
-    pub(crate) async fn status_and_entry(&self, id: &JobId) -> Result<(JobStatus, Option<String>)> {
+    pub(crate) async fn status_and_entry(
+        &self,
+        id: &JobId,
+        with_position: bool,
+    ) -> Result<(JobStatus, Option<String>)> {
         let reply: Option<StatusReply> = self
             .with_retry(|mut conn, keys| {
                 let mut invocation = scripts::STATUS.prepare_invoke();
                 invocation
                     .key(keys.jobs())
                     .key(keys.status(id))
-                    .arg(WORKER_GROUP);
+                    .arg(WORKER_GROUP)
+                    .arg(if with_position { "1" } else { "0" });
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ducks_contract::{JobEvent, JobId};
+use ducks_contract::{JobEvent, JobId, JobStatus};
 use redis::streams::StreamReadReply;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -158,6 +158,14 @@ impl EventTail {
     /// Watches one job: its newest event so far (when it has a status), then each new one, until
     /// its terminal event.
     pub async fn watch(&self, job_id: &JobId) -> Result<JobWatch> {
+        Ok(self.watch_status(job_id).await?.0)
+    }
+
+    /// [`EventTail::watch`], with the job's status as the watch read it (`None` for a job not
+    /// known yet), so a front end can check who may watch without reading it twice. The status
+    /// has no queue position: counting it costs a read of up to 1,001 entries, which thousands
+    /// of watchers opening at once must not pay.
+    pub async fn watch_status(&self, job_id: &JobId) -> Result<(JobWatch, Option<JobStatus>)> {
         let (sender, events) = mpsc::unbounded_channel();
         let watcher = self.watchers.next_id.fetch_add(1, Ordering::Relaxed);
         self.watchers
@@ -175,17 +183,21 @@ impl EventTail {
             ended: false,
         };
         // Registered first, read second: what the status does not hold yet, the tail brings.
-        match self.queue.status_and_entry(job_id).await {
+        let status = match self.queue.status_and_entry(job_id, false).await {
             Ok((status, entry)) => {
-                watch
-                    .backlog
-                    .extend(status.last_event.map(|event| (entry.clone(), event)));
+                watch.backlog.extend(
+                    status
+                        .last_event
+                        .clone()
+                        .map(|event| (entry.clone(), event)),
+                );
                 watch.seen_up_to = entry;
+                Some(status)
             }
-            Err(QueueError::NotFound(_)) => {}
+            Err(QueueError::NotFound(_)) => None,
             Err(e) => return Err(e),
-        }
-        Ok(watch)
+        };
+        Ok((watch, status))
     }
 }
 

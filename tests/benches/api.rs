@@ -97,6 +97,10 @@ impl ApiProcess {
         ApiProcess { child, base }
     }
 
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs_of(&format!("/proc/{}/stat", self.child.id().expect("running")))
+    }
+
     fn rss_mib(&self) -> f64 {
         let pid = self.child.id().expect("running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -107,6 +111,19 @@ impl ApiProcess {
             .unwrap_or(0.0)
             / 1024.0
     }
+}
+
+/// User and system CPU seconds of a process, from its `/proc/<pid>/stat`.
+fn cpu_secs_of(stat: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th; USER_HZ is 100.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 async fn redis_clients(queue: &Queue) -> usize {
@@ -213,6 +230,17 @@ async fn open_loop(http: &reqwest::Client, base: &str, key: &str, rate: f64) -> 
     latencies
 }
 
+/// A key for the benchmark's client (again after each section flushes Redis).
+async fn bench_key(queue: &Queue) -> ducks_api::auth::NewKey {
+    let options = KeyOptions {
+        name: "bench".into(),
+        ..KeyOptions::default()
+    };
+    create_key(queue, &Secret::new(PEPPER), options)
+        .await
+        .unwrap()
+}
+
 async fn flush(queue: &Queue) {
     redis::cmd("FLUSHALL")
         .query_async::<()>(&mut queue.connection())
@@ -227,16 +255,7 @@ async fn main() {
     let queue = Queue::connect(RedisTarget::Single(redis.url()), queue_config())
         .await
         .unwrap();
-    let key = create_key(
-        &queue,
-        &Secret::new(PEPPER),
-        KeyOptions {
-            name: "bench".into(),
-            ..KeyOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let key = bench_key(&queue).await;
     let (key_text, client) = (key.key.expose().to_owned(), key.client.id.clone());
     let clients_before_api = redis_clients(&queue).await;
     let api = ApiProcess::start(&redis, &s3_config).await;
@@ -254,8 +273,12 @@ async fn main() {
     let mut raw = Vec::new();
     let mut through_api = Vec::new();
     raw.push(raw_rate(&queue, &client).await);
+    let (api_cpu, own_cpu) = (api.cpu_secs(), cpu_secs_of("/proc/self/stat"));
     through_api.push(api_rate(&http, &api.base, &key_text).await);
     through_api.push(api_rate(&http, &api.base, &key_text).await);
+    let api_jobs = (through_api[0] + through_api[1]) * CLOSED_LOOP.as_secs_f64();
+    let api_cpu_us = (api.cpu_secs() - api_cpu) / api_jobs * 1e6;
+    let client_cpu_us = (cpu_secs_of("/proc/self/stat") - own_cpu) / api_jobs * 1e6;
     raw.push(raw_rate(&queue, &client).await);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (raw_mean, api_mean) = (mean(&raw), mean(&through_api));
@@ -274,6 +297,8 @@ async fn main() {
         "| API / raw | {:.0} % | ≥ 70 % |",
         api_mean / raw_mean * 100.0
     );
+    println!("| API process CPU per POST | {api_cpu_us:.0} µs | |");
+    println!("| load generator CPU per POST (this process) | {client_cpu_us:.0} µs | |");
     println!(
         "| open loop at {:.0}/s: p50 | {:.2} ms | |",
         api_mean / 2.0,
@@ -289,16 +314,7 @@ async fn main() {
         "\n# 2. {WATCHERS} server-sent-event watchers, {EVENTS_PER_SECOND} events/s for {EVENT_SECONDS} s"
     );
     // The key (flushed above) again, then 5,000 of its jobs, queued straight into Redis.
-    let key = create_key(
-        &queue,
-        &Secret::new(PEPPER),
-        KeyOptions {
-            name: "bench".into(),
-            ..KeyOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let key = bench_key(&queue).await;
     let (key_text, client) = (key.key.expose().to_owned(), key.client.id.clone());
     let mut ids = Vec::with_capacity(WATCHERS);
     for _ in 0..WATCHERS {
@@ -426,16 +442,7 @@ async fn main() {
     println!(
         "\n# 3. images.generate with tiny-sd: what the API adds to a job ({GENERATIONS} sequential, after 2 warm-ups)"
     );
-    let key = create_key(
-        &queue,
-        &Secret::new(PEPPER),
-        KeyOptions {
-            name: "bench".into(),
-            ..KeyOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let key = bench_key(&queue).await;
     let key_text = key.key.expose().to_owned();
     let scratch = tempfile::tempdir().unwrap();
     let worker = RunningWorker::start(

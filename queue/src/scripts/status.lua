@@ -1,7 +1,8 @@
 -- Reads a job's status hash and, while it is queued, whether a worker holds it and how many
 -- entries wait before it (counted up to 1,000).
 -- KEYS: jobs, status
--- ARGV: group
+-- ARGV: group, whether to count the position ('1'; watchers, which need only the newest event,
+--       pass '0': counting reads up to 1,001 entries)
 -- Returns {flat hash fields, held (0/1), position (-1: not waiting), request}: the request comes
 -- from the hash once the job has left the stream, from the stream entry before.
 local jobs, status, group = KEYS[1], KEYS[2], ARGV[1]
@@ -23,7 +24,7 @@ if not request and entry then
   end
 end
 local held, position = 0, -1
-if state == 'queued' and entry then
+if state == 'queued' and entry and ARGV[2] ~= '0' then
   if #redis.call('XPENDING', jobs, group, entry, entry, '1') == 1 then
     held = 1
   else
