@@ -82,11 +82,10 @@ impl Identity {
         if self.is_admin() {
             return Caller::Operator;
         }
-        let scope = self.origin(None).scope();
         Caller::Moderator {
             origin_kind: "api",
             id: self.requester_id(None),
-            scope,
+            scope: self.scope(),
         }
     }
 
@@ -102,6 +101,7 @@ impl Identity {
         }
     }
 
+    /// The key's scope (`api:<client id>`): what its limits count by and its cancels cover.
     pub fn scope(&self) -> Scope {
         self.origin(None).scope()
     }

@@ -275,14 +275,18 @@ pub async fn create(
     Ok(response)
 }
 
+/// What every job route answers for a job this key may not see, or that does not exist: the
+/// same, so a key cannot learn which other keys' job ids exist.
+fn no_such_job(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "No job `{}` for this key.",
+        id.chars().take(64).collect::<String>()
+    ))
+}
+
 /// The job, if `identity` may see it; 404 otherwise, as if it did not exist.
 async fn visible_status(api: &AppState, identity: &Identity, id: &str) -> Result<JobStatus> {
-    let not_found = || {
-        ApiError::not_found(format!(
-            "No job `{}` for this key.",
-            id.chars().take(64).collect::<String>()
-        ))
-    };
+    let not_found = || no_such_job(id);
     let id: JobId = id.parse().map_err(|_| not_found())?;
     let status = match api.deadline(api.queue.status(&id)).await {
         Err(ApiError { status, .. }) if status == StatusCode::NOT_FOUND => return Err(not_found()),
@@ -417,12 +421,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let identity = api.identify(&headers).await?;
-    let job_id: JobId = id.parse().map_err(|_| {
-        ApiError::not_found(format!(
-            "No job `{}`.",
-            id.chars().take(64).collect::<String>()
-        ))
-    })?;
+    let job_id: JobId = id.parse().map_err(|_| no_such_job(&id))?;
     let status = api.deadline(api.queue.status(&job_id)).await?;
     if !status
         .request
@@ -458,20 +457,14 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let identity = api.identify(&headers).await?;
-    let not_found = || {
-        ApiError::not_found(format!(
-            "No job `{}` for this key.",
-            id.chars().take(64).collect::<String>()
-        ))
-    };
-    let job_id: JobId = id.parse().map_err(|_| not_found())?;
+    let job_id: JobId = id.parse().map_err(|_| no_such_job(&id))?;
     // One status read serves both the check of who may watch and the watch's first event.
     let (watch, status) = api.deadline(api.tail.watch_status(&job_id)).await?;
     let visible = status
         .and_then(|status| status.request)
         .is_some_and(|request| identity.may_see(&request));
     if !visible {
-        return Err(not_found());
+        return Err(no_such_job(&id));
     }
     let resume_after = headers
         .get("last-event-id")

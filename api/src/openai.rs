@@ -261,12 +261,9 @@ pub async fn get_model(
     api.identify(&headers).await?;
     let catalogue = api.deadline(api.queue.models()).await?;
     catalogue
-        .get(&id)
+        .choose(Some(&id))
         .map(|model| Json(view::model(model)))
-        .ok_or_else(|| match catalogue.choose(Some(&id)) {
-            Err(refusal) => ApiError::from(ducks_queue::QueueError::Refused(refusal)),
-            Ok(_) => ApiError::not_found(format!("No model `{id}`.")),
-        })
+        .map_err(|refusal| ApiError::from(ducks_queue::QueueError::Refused(refusal)))
 }
 
 /// How long a request's fingerprint stays linked to its job: as long as its client may retry.

@@ -362,7 +362,7 @@ impl Queue {
         Ok(())
     }
 
-    /// Deliveries not yet made, for `/metrics` and tests.
+    /// Deliveries not yet made or given up (the tests wait on it; an operator may too).
     pub async fn pending_webhooks(&self) -> Result<u64> {
         Ok(self
             .with_retry(|mut conn, keys| async move {
