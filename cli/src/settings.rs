@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use ducks_api::ApiConfig;
+use ducks_bots::discord::DiscordConfig;
 use ducks_contract::Secret;
 use ducks_contract::links::LinkConfig;
 use ducks_models::S3Config;
@@ -25,6 +26,7 @@ pub struct Settings {
     pub worker: WorkerConfig,
     pub links: LinkConfig,
     pub api: ApiConfig,
+    pub discord: DiscordConfig,
     pub dev: DevSettings,
     pub log: LogSettings,
 }

@@ -149,4 +149,16 @@ impl Keys {
     pub fn api_gallery(&self, client: &str) -> String {
         format!("{}api:gallery:{client}", self.prefix)
     }
+
+    /// Hash of what a chat front end keeps about its reply to one job (the message it edits, its
+    /// edit turn, whether the result went out), shared by its replicas; with a time to live.
+    pub fn reply(&self, origin_kind: &str, job: &JobId) -> String {
+        format!("{}reply:{origin_kind}:{job}", self.prefix)
+    }
+
+    /// List of a requester's results a chat front end could not post (newest first, capped),
+    /// for the front end to show when asked.
+    pub fn undelivered(&self, requester_key: &str) -> String {
+        format!("{}reply:undelivered:{requester_key}", self.prefix)
+    }
 }

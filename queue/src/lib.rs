@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod queue;
+mod reply;
 mod scripts;
 pub mod tail;
 
@@ -34,4 +35,5 @@ pub use consumer::{Completion, Consumer, Delivery, FailResult, Signal};
 pub use error::{QueueError, Result};
 pub use events::{EventEntry, EventReader};
 pub use queue::{Cancelled, Queue, Submitted, now_ms};
+pub use reply::{EditTurn, Reply};
 pub use tail::{EventTail, JobWatch};

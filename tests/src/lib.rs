@@ -18,6 +18,9 @@
 //!   watch protocol, with a Job controller and a kubelet that can run the
 //!   real runner, for the production `kube` client to talk to unchanged.
 //! - [`Browser`] is a headless Chromium driven over WebDriver, for the web page.
+//! - [`DiscordSim`] is a local Discord API server (REST v10 and the gateway) that the production
+//!   serenity client talks to unchanged, with payload builders for complete, current
+//!   interactions ([`discord::slash_command`] and friends) and Ed25519-signed HTTP interactions.
 //!
 //! Every wait in here polls with a deadline and panics with the tail of the
 //! server's log, so a broken environment fails fast and explains itself
@@ -25,6 +28,7 @@
 
 mod binary;
 mod cluster;
+pub mod discord;
 mod kube;
 mod s3;
 mod server;
@@ -34,6 +38,7 @@ mod webdriver;
 pub use self::kube::{KubeApi, KubeFault, Kubelet, PodBehaviour, Timing};
 pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
+pub use discord::{Actor, DiscordSim, InteractionPayload};
 pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};
 pub use webdriver::Browser;

@@ -1,6 +1,7 @@
 //! One file per command; [`Command`] gathers them and [`run`] dispatches.
 
 mod api;
+mod bots;
 mod cancel;
 mod config;
 mod demo;
@@ -37,6 +38,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<api::Command>,
     },
+    /// The chat bots: `ducks bots discord` runs the Discord bot.
+    Bots {
+        #[command(subcommand)]
+        command: bots::Command,
+    },
     /// Run one job as a GPU pod does: everything from the environment (docs/runner-contract.md).
     Runner,
     /// Run the whole stack on this machine (Redis, S3, a worker, tiny-sd) until Ctrl-C.
@@ -60,6 +66,7 @@ pub async fn run(command: Command, settings: Settings) -> Result<u8, Error> {
         Command::Api {
             command: Some(command),
         } => api::run(command, &settings).await?,
+        Command::Bots { command } => bots::run(command, &settings).await?,
         Command::Runner => return Ok(runner::run(&settings).await),
         Command::Dev => dev::run(settings).await?,
         Command::Demo(args) => return demo::run(args, settings).await,

@@ -11,8 +11,9 @@ use serde_json::Value;
 use crate::support::host_triple;
 
 /// Each workspace crate's layer; a crate may depend only on crates of lower layers.
-const LAYERS: [(&str, u8); 9] = [
+const LAYERS: [(&str, u8); 10] = [
     ("ducks-contract", 0),
+    ("ducks-chat", 1),
     ("ducks-queue", 1),
     ("ducks-models", 1),
     ("ducks-runner", 2),
@@ -125,7 +126,9 @@ fn the_crates_form_layers_with_no_dependency_back_up() {
         "ducks-models",
         "ducks-runner",
         "ducks-worker",
+        "ducks-chat",
         "ducks-api",
+        "ducks-bots",
     ] {
         assert!(
             graph.members.contains(present),
@@ -176,9 +179,21 @@ fn heavy_and_foreign_dependencies_stay_where_they_belong() {
             "front ends touch only Redis and their own platform",
         );
     }
+    graph.assert_never(
+        "ducks-chat",
+        &["tokio", "redis", "serenity", "twitch-irc", "reqwest"],
+        "the front ends' core is pure: grammar, checks and wording, shared by every platform",
+    );
+    graph.assert_never(
+        "ducks-api",
+        &["serenity", "twitch-irc"],
+        "the API does not carry the chat platforms' clients",
+    );
     // The checks above see something: the runner does link candle, the worker kube.
     assert!(graph.reaches("ducks-runner").contains("candle-core"));
     assert!(graph.reaches("ducks-worker").contains("kube"));
     assert!(graph.reaches("ducks-queue").contains("redis"));
     assert!(graph.reaches("ducks-api").contains("redis"));
+    assert!(graph.reaches("ducks-bots").contains("serenity"));
+    assert!(graph.reaches("ducks-bots").contains("ducks-chat"));
 }

@@ -1,4 +1,6 @@
 mod api;
+mod discord;
+mod discord_sim;
 mod docker;
 mod harness;
 mod hub;

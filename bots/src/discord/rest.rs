@@ -1,0 +1,324 @@
+//! Discord's REST API, with Discord's rate limits honoured in one place. Requests are built by
+//! serenity (its routes, its builders' JSON); this module sends them, reads the rate-limit
+//! headers and waits out every 429 for the time Discord gives. serenity's own limiter is off
+//! because it ignores a configured API base; keeping one path means the limit handling the tests
+//! exercise against the simulator is the one production runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ducks_contract::Secret;
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+use serenity::builder::{
+    CreateCommand, CreateInteractionResponse, CreateMessage, EditInteractionResponse,
+};
+use serenity::http::{LightMethod, Request, Route};
+use serenity::model::id::{ApplicationId, ChannelId, GuildId, InteractionId};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::metrics::Metrics;
+
+/// How long one request may take in all, its waits for rate limits and retries included.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Buckets remembered before expired ones are dropped (interaction tokens are buckets of their own).
+const BUCKETS_KEPT: usize = 4_096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    /// The interaction token is no longer valid (Discord's 15 minutes ran out).
+    #[error("the interaction token has expired")]
+    TokenExpired,
+    /// The message or interaction is gone, or was never answered.
+    #[error("not found on Discord (code {code})")]
+    NotFound { code: i64 },
+    /// The bot may not do this here (missing access or permission).
+    #[error("Discord refused access (code {code}): {message}")]
+    Forbidden { code: i64, message: String },
+    #[error("Discord rejected the request ({status}, code {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: i64,
+        message: String,
+    },
+    #[error("Discord could not be reached in time: {0}")]
+    Unavailable(String),
+}
+
+/// A message Discord created or edited, as far as the bot needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posted {
+    pub id: String,
+    pub channel_id: String,
+}
+
+pub struct Rest {
+    client: reqwest::Client,
+    base: String,
+    authorization: Secret,
+    application: ApplicationId,
+    /// When each route may be called again, from `X-RateLimit-*` headers and 429s.
+    not_before: Mutex<HashMap<String, Instant>>,
+    /// A global 429 pauses every route.
+    global_not_before: Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Rest {
+    pub fn new(
+        base: &str,
+        token: &Secret,
+        application: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("Could not build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+            authorization: Secret::new(format!("Bot {}", token.expose())),
+            application: ApplicationId::new(application.max(1)),
+            not_before: Mutex::new(HashMap::new()),
+            global_not_before: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// Answers an interaction received over the gateway (over HTTP, the answer is the response).
+    pub async fn respond(
+        &self,
+        interaction: InteractionId,
+        token: &str,
+        response: &CreateInteractionResponse,
+    ) -> Result<(), RestError> {
+        let route = Route::InteractionResponse {
+            interaction_id: interaction,
+            token,
+        };
+        self.send(route, LightMethod::Post, Some(response), "callback")
+            .await
+            .map(drop)
+    }
+
+    /// Edits the interaction's first answer.
+    pub async fn edit_original(
+        &self,
+        token: &str,
+        edit: &EditInteractionResponse,
+    ) -> Result<Posted, RestError> {
+        let route = Route::WebhookOriginalInteractionResponse {
+            application_id: self.application,
+            token,
+        };
+        let message = self
+            .send(route, LightMethod::Patch, Some(edit), "edit_original")
+            .await?;
+        posted(message)
+    }
+
+    /// Posts a message in a channel with the bot's own token: for results that outlive the
+    /// interaction token.
+    pub async fn post_in_channel(
+        &self,
+        channel: ChannelId,
+        message: &CreateMessage,
+    ) -> Result<Posted, RestError> {
+        let route = Route::ChannelMessages {
+            channel_id: channel,
+        };
+        let message = self
+            .send(route, LightMethod::Post, Some(message), "channel_message")
+            .await?;
+        posted(message)
+    }
+
+    /// Replaces the application's commands, globally or in one guild (instant, for testing).
+    pub async fn register(
+        &self,
+        guild: Option<GuildId>,
+        commands: &[CreateCommand],
+    ) -> Result<usize, RestError> {
+        let route = match guild {
+            Some(guild_id) => Route::GuildCommands {
+                application_id: self.application,
+                guild_id,
+            },
+            None => Route::Commands {
+                application_id: self.application,
+            },
+        };
+        let answer = self
+            .send(route, LightMethod::Put, Some(&commands), "commands")
+            .await?;
+        Ok(answer
+            .as_ref()
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len))
+    }
+
+    /// Sends one request, waiting out rate limits and retrying what Discord did not take
+    /// (a 429, a 5xx, a lost connection) until [`DEADLINE`].
+    async fn send(
+        &self,
+        route: Route<'_>,
+        method: LightMethod,
+        body: Option<&impl Serialize>,
+        what: &'static str,
+    ) -> Result<Option<Value>, RestError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("builders serialize"));
+        let deadline = Instant::now() + DEADLINE;
+        let bucket = route.path().into_owned();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            self.wait_for_turn(&bucket, deadline).await?;
+            let request = Request::new(route, method)
+                .body(body.clone())
+                .build(&self.client, self.authorization.expose(), Some(&self.base))
+                .map_err(|e| RestError::Unavailable(e.to_string()))?
+                .build()
+                .map_err(|e| RestError::Unavailable(e.without_url().to_string()))?;
+            let response = match self.client.execute(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // Without the URL: an interaction route carries its token.
+                    let error = error.without_url().to_string();
+                    self.metrics.rest(what, "error");
+                    warn!(message = "A Discord request failed; retrying.", what, %error);
+                    self.pause(backoff, deadline, &error).await?;
+                    backoff *= 2;
+                    continue;
+                }
+            };
+            let status = response.status();
+            self.metrics.rest(what, status.as_str());
+            self.note_limits(&bucket, response.headers());
+            if status.is_success() {
+                let bytes = response.bytes().await.unwrap_or_default();
+                return Ok(serde_json::from_slice(&bytes).ok());
+            }
+            let bytes = response.bytes().await.unwrap_or_default();
+            let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            match status {
+                StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = error
+                        .get("retry_after")
+                        .and_then(Value::as_f64)
+                        .map(Duration::from_secs_f64)
+                        .unwrap_or(Duration::from_secs(1));
+                    let global = error.get("global").and_then(Value::as_bool) == Some(true);
+                    self.metrics.rate_limited(what);
+                    warn!(
+                        message = "Discord asked the bot to slow down.",
+                        what,
+                        wait_ms = wait.as_millis() as u64,
+                        global
+                    );
+                    self.hold(&bucket, wait, global);
+                }
+                s if s.is_server_error() => {
+                    self.pause(backoff, deadline, &format!("{s}")).await?;
+                    backoff *= 2;
+                }
+                StatusCode::UNAUTHORIZED if code == 50027 => return Err(RestError::TokenExpired),
+                StatusCode::NOT_FOUND => return Err(RestError::NotFound { code }),
+                StatusCode::FORBIDDEN => return Err(RestError::Forbidden { code, message }),
+                s => {
+                    return Err(RestError::Rejected {
+                        status: s.as_u16(),
+                        code,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn wait_for_turn(&self, bucket: &str, deadline: Instant) -> Result<(), RestError> {
+        let global = *lock(&self.global_not_before);
+        let route = lock(&self.not_before).get(bucket).copied();
+        if let Some(until) = global.into_iter().chain(route).max()
+            && until > Instant::now()
+        {
+            if until > deadline {
+                return Err(RestError::Unavailable(
+                    "rate limited beyond the request's deadline".into(),
+                ));
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, wait: Duration, deadline: Instant, why: &str) -> Result<(), RestError> {
+        if Instant::now() + wait > deadline {
+            return Err(RestError::Unavailable(why.to_owned()));
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    fn hold(&self, bucket: &str, wait: Duration, global: bool) {
+        let until = Instant::now() + wait;
+        if global {
+            *lock(&self.global_not_before) = Some(until);
+        } else {
+            let mut buckets = lock(&self.not_before);
+            if buckets.len() >= BUCKETS_KEPT {
+                let now = Instant::now();
+                buckets.retain(|_, until| *until > now);
+            }
+            buckets.insert(bucket.to_owned(), until);
+        }
+    }
+
+    /// A route with no requests left in its window waits for the window's reset.
+    fn note_limits(&self, bucket: &str, headers: &reqwest::header::HeaderMap) {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if header("x-ratelimit-remaining") == Some(0.0)
+            && let Some(reset_after) = header("x-ratelimit-reset-after")
+        {
+            self.hold(bucket, Duration::from_secs_f64(reset_after.max(0.0)), false);
+        }
+    }
+}
+
+fn posted(message: Option<Value>) -> Result<Posted, RestError> {
+    let field = |name: &str| {
+        message
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match (field("id"), field("channel_id")) {
+        (Some(id), Some(channel_id)) => Ok(Posted { id, channel_id }),
+        _ => Err(RestError::Rejected {
+            status: 200,
+            code: 0,
+            message: "Discord's answer named no message".into(),
+        }),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,26 @@
+//! The front ends' shared core: what a person asked for, checked against the model catalogue,
+//! and a job's events rendered into what a person reads. Pure: no I/O, no platform client, so
+//! the Discord and Twitch bots and the HTTP API share one grammar and one wording, and every
+//! sentence is pinned by a table or snapshot test.
+//!
+//! # Layout
+//! - `command.rs`: [`Imagine`], one image request, from a platform's typed options or from one
+//!   line of chat text (`a duck --size 512x768 --seed 7`), and the [`JobRequest`] it becomes.
+//! - `catalogue.rs`: what autocomplete offers: models filtered by what is typed, a model's sizes,
+//!   and the GPU a model needs in words.
+//! - `render.rs`: a job's state in sentences: queue place, cold-start phases, a progress bar,
+//!   failures with what to do next, the receipt (waits, generation time, GPU-seconds), and text
+//!   shortened visibly to a platform's field limits.
+//!
+//! [`JobRequest`]: ducks_contract::JobRequest
+
+mod catalogue;
+mod command;
+mod render;
+
+pub use catalogue::{Choice, MAX_CHOICES, describe_gpu, model_choices, size_choices};
+pub use command::Imagine;
+pub use render::{
+    Summary, duration, failure_sentence, phase_sentence, progress_bar, receipt, shorten,
+    status_line,
+};
