@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api
+.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api bench-discord
 
 # The real clients the suite drives the API with (tests/python/requirements.txt), installed once
 # into a virtual environment the build ignores; a change of the pins installs them again.
@@ -66,3 +66,10 @@ bench-api:
 	@scripts/ensure-tools redis
 	$(CARGO) build --release --locked -p ducks
 	$(CARGO) bench -p ducks-tests --bench api --locked
+
+## The Discord bot: 500 interactions at once through the HTTP endpoint and the gateway, REST
+## requests per job, RSS; `ducks bots discord` runs as the release binary.
+bench-discord:
+	@scripts/ensure-tools redis
+	$(CARGO) build --release --locked -p ducks
+	$(CARGO) bench -p ducks-tests --bench discord --locked

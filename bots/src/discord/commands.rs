@@ -121,18 +121,19 @@ impl Bot {
     pub(super) async fn imagine(&self, command: &CommandInteraction) -> Card {
         let (origin, requester) = origin_of(command);
         match imagine_options(&command.data.options).into_request(origin, requester) {
-            Ok(request) => self.submit(request).await,
+            Ok(request) => self.submit(request, command.attachment_size_limit).await,
             Err(refusal) => render::private(&refusal.0),
         }
     }
 
     /// Submits a checked request and answers with its card, or a private refusal.
-    pub(super) async fn submit(&self, request: JobRequest) -> Card {
+    /// `attachment_limit` is the largest upload the interaction's channel takes, for the result.
+    pub(super) async fn submit(&self, request: JobRequest, attachment_limit: u32) -> Card {
         let catalogue = self.queue.catalogue_snapshot().await.ok().flatten();
         match self.queue.submit_checked(request.clone()).await {
             Ok(Submitted::Queued { id, position }) => {
                 let summary = Summary::of(&request, catalogue.as_deref(), &[]);
-                self.track_queued(&id, &request);
+                self.track_queued(&id, &request, attachment_limit);
                 render::progress(
                     &id,
                     &summary,

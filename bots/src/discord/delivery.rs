@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ducks_chat::Summary;
-use ducks_contract::{EventKind, JobEvent, JobId, JobState, Origin};
+use ducks_contract::{EventKind, ImageRef, JobEvent, JobId, JobState, Origin};
 use ducks_queue::{EditTurn, EventReader};
 use serenity::model::id::{ChannelId, MessageId};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::render::{self, Card};
-use super::rest::RestError;
+use super::rest::{RestError, Upload};
 use super::{Bot, ORIGIN, lock};
 
 /// Events read at once.
@@ -369,22 +369,41 @@ async fn deliver(bot: &Bot, event: &JobEvent, summary: Option<Arc<Summary>>, edi
         .name
         .clone()
         .unwrap_or_else(|| event.requester.id.clone());
-    let card = match &event.kind {
+    let reply = bot.queue.reply(ORIGIN, job).await.unwrap_or_default();
+    let (card, files) = match &event.kind {
         EventKind::Succeeded { images, timings } => {
-            render::result(job, &summary, &requester, images, timings)
+            let limit = reply
+                .fields
+                .get("attachment_limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(DEFAULT_ATTACHMENT_LIMIT);
+            let (shown, files) = uploads(bot, images, limit).await;
+            let link = images.first().map(|i| i.url.as_str()).unwrap_or_default();
+            (
+                render::result(job, &summary, &requester, &shown, link, timings),
+                files,
+            )
         }
-        kind => render::ended(job, &summary, kind),
+        kind => (render::ended(job, &summary, kind), Vec::new()),
     };
+    let reply_to = reply
+        .fields
+        .get("message")
+        .and_then(|id| id.parse::<u64>().ok());
     let Some(token) = token_of(&event.origin) else {
-        return post_in_channel(bot, event, &card).await;
+        return post_in_channel(bot, event, &card, &files, reply_to).await;
     };
-    match bot.rest.edit_original(token, &card.edit()).await {
+    match bot
+        .rest
+        .edit_original_with(token, &card.edit(), &files)
+        .await
+    {
         Ok(_) => {
             bot.metrics.result("edited");
             true
         }
         Err(RestError::TokenExpired | RestError::NotFound { .. }) => {
-            post_in_channel(bot, event, &card).await
+            post_in_channel(bot, event, &card, &files, reply_to).await
         }
         Err(RestError::Unavailable(error)) => {
             warn!(message = "Discord did not take a result; it will be tried again.", job_id = %job, %error);
@@ -397,24 +416,55 @@ async fn deliver(bot: &Bot, event: &JobEvent, summary: Option<Arc<Summary>>, edi
     }
 }
 
+/// Discord's upload limit for a bot's message where the interaction did not say.
+const DEFAULT_ATTACHMENT_LIMIT: u64 = 10 * 1024 * 1024;
+
+/// Whether an image link stops working some day (a presigned S3 link): such images are
+/// uploaded with the message, so they stay visible as long as it exists.
+fn expires(url: &str) -> bool {
+    url.contains("X-Amz-Expires=")
+}
+
+/// The images as the message shows them: links that expire become uploads
+/// (`attachment://duck-<n>.png`) where the PNG can be fetched and fits `limit` in all; the rest
+/// stay links.
+async fn uploads(bot: &Bot, images: &[ImageRef], limit: u64) -> (Vec<ImageRef>, Vec<Upload>) {
+    let mut shown = images.to_vec();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for (n, image) in shown.iter_mut().enumerate() {
+        if !expires(&image.url) {
+            continue;
+        }
+        let Some(bytes) = bot.fetch_image(&image.url, limit - total.min(limit)).await else {
+            continue;
+        };
+        total += bytes.len() as u64;
+        let filename = format!("duck-{}.png", n + 1);
+        image.url = format!("attachment://{filename}");
+        files.push(Upload { filename, bytes });
+    }
+    (shown, files)
+}
+
 /// The result as a new message in the job's channel, replying to the interaction's message.
-async fn post_in_channel(bot: &Bot, event: &JobEvent, card: &Card) -> bool {
+async fn post_in_channel(
+    bot: &Bot,
+    event: &JobEvent,
+    card: &Card,
+    files: &[Upload],
+    reply_to: Option<u64>,
+) -> bool {
     let Origin::Discord { channel_id, .. } = &event.origin else {
         return undeliverable(bot, event).await;
     };
     let Ok(channel) = channel_id.parse::<u64>().map(ChannelId::new) else {
         return undeliverable(bot, event).await;
     };
-    let reply_to = bot
-        .queue
-        .reply(ORIGIN, &event.job_id)
-        .await
-        .ok()
-        .and_then(|reply| reply.fields.get("message")?.parse::<u64>().ok())
-        .map(|id| (channel, MessageId::new(id)));
+    let reply_to = reply_to.map(|id| (channel, MessageId::new(id)));
     match bot
         .rest
-        .post_in_channel(channel, &card.channel_message(reply_to))
+        .post_in_channel(channel, &card.channel_message(reply_to), files)
         .await
     {
         Ok(_) => {
@@ -469,5 +519,19 @@ async fn refresh_positions(bot: Arc<Bot>, edits: Arc<Semaphore>) {
         {
             queued.position = Some(position);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presigned_links_expire_and_others_do_not() {
+        assert!(expires(
+            "http://127.0.0.1:9000/images/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=86400&X-Amz-Signature=ab"
+        ));
+        assert!(!expires("https://ducks.example.com/i/abc"));
+        assert!(!expires("https://cdn.example.com/images/a.png"));
     }
 }

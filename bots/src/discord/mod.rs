@@ -53,6 +53,8 @@ pub struct Bot {
     replica: String,
     /// Jobs this replica queued that may still wait: their place in line is refreshed.
     queued: Mutex<HashMap<JobId, QueuedJob>>,
+    /// Fetches images whose links expire, to upload them with the result.
+    images: reqwest::Client,
 }
 
 /// A queued job whose message shows its place in line.
@@ -83,6 +85,11 @@ impl Bot {
             metrics,
             replica,
             queued: Mutex::new(HashMap::new()),
+            images: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| format!("Could not build the HTTP client: {e}"))?,
         }))
     }
 
@@ -193,16 +200,19 @@ impl Bot {
                             component.guild_id.map(|g| g.get()),
                             &component.user,
                         );
-                        self.submit(JobRequest {
-                            id: None,
-                            seed: None,
-                            idempotency_key: None,
-                            deadline_ms: None,
-                            submitted_at_ms: None,
-                            origin,
-                            requester,
-                            ..request
-                        })
+                        self.submit(
+                            JobRequest {
+                                id: None,
+                                seed: None,
+                                idempotency_key: None,
+                                deadline_ms: None,
+                                submitted_at_ms: None,
+                                origin,
+                                requester,
+                                ..request
+                            },
+                            component.attachment_size_limit,
+                        )
                         .await
                     }
                     None => {
@@ -249,8 +259,10 @@ impl Bot {
         render::private(&text)
     }
 
-    /// Remembers a queued job so its place in line is refreshed.
-    fn track_queued(&self, id: &JobId, request: &JobRequest) {
+    /// Remembers a queued job so its place in line is refreshed, and, in Redis for whichever
+    /// replica delivers its result, how large an upload its channel takes. That write happens
+    /// after the answer, off its path.
+    fn track_queued(&self, id: &JobId, request: &JobRequest, attachment_limit: u32) {
         lock(&self.queued).insert(
             id.clone(),
             QueuedJob {
@@ -258,6 +270,14 @@ impl Bot {
                 position: None,
             },
         );
+        let queue = self.queue.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let limit = attachment_limit.to_string();
+            let _ = queue
+                .remember_reply(ORIGIN, &id, &[("attachment_limit", &limit)])
+                .await;
+        });
     }
 }
 
@@ -275,6 +295,28 @@ impl Handled {
             Handled::Choices(choices) => CreateInteractionResponse::Autocomplete(choices),
             Handled::Card(card) => card.response(),
         }
+    }
+}
+
+impl Bot {
+    /// An image's bytes, if they can be fetched and are at most `limit` long.
+    async fn fetch_image(&self, url: &str, limit: u64) -> Option<Vec<u8>> {
+        let response = self
+            .images
+            .get(url)
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?;
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit)
+        {
+            return None;
+        }
+        let bytes = response.bytes().await.ok()?;
+        (bytes.len() as u64 <= limit).then(|| bytes.to_vec())
     }
 }
 

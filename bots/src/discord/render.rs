@@ -153,32 +153,34 @@ pub fn progress(job: &JobId, summary: &Summary, event: &EventKind) -> Card {
 }
 
 /// The finished job: its images, what drew them, where the time went, Reroll and Details. The
-/// embeds share one `url`, which Discord shows as one gallery.
+/// embeds share one `url` (`link`, a link to the first image), which Discord shows as one
+/// gallery; each image's own URL may be an upload of the message (`attachment://<file>`).
 pub fn result(
     job: &JobId,
     summary: &Summary,
     requester: &str,
     images: &[ImageRef],
+    link: &str,
     timings: &Timings,
 ) -> Card {
-    let gallery = images.first().map(|i| i.url.clone()).unwrap_or_default();
-    let mut embeds: Vec<CreateEmbed> = images
-        .iter()
-        .take(10)
-        .map(|image| CreateEmbed::new().url(&gallery).image(&image.url))
-        .collect();
     let description = format!(
         "{}\n{}",
         summary.parameters(),
         shorten(&format!("for {requester} · {}", receipt(timings)), 512)
     );
+    let mut embeds: Vec<CreateEmbed> = images
+        .iter()
+        .take(10)
+        .map(|image| CreateEmbed::new().url(link).image(&image.url))
+        .collect();
     let first = CreateEmbed::new()
         .title(shorten(&summary.prompt, TITLE_MAX))
         .description(description)
-        .colour(GREEN);
-    match embeds.first_mut() {
-        Some(embed) => *embed = first.url(&gallery).image(&images[0].url),
-        None => embeds.push(first),
+        .colour(GREEN)
+        .url(link);
+    match (embeds.first_mut(), images.first()) {
+        (Some(embed), Some(image)) => *embed = first.image(&image.url),
+        _ => embeds.push(first),
     }
     Card {
         content: String::new(),
@@ -408,7 +410,14 @@ mod tests {
             total_ms: 10_300,
             gpu_seconds: 0.84,
         };
-        let card = result(&job(), &summary, "Ada", &[image(1), image(2)], &timings);
+        let card = result(
+            &job(),
+            &summary,
+            "Ada",
+            &[image(1), image(2)],
+            "https://ducks.example.com/i/1",
+            &timings,
+        );
         insta::assert_json_snapshot!(json(&card.response()));
     }
 

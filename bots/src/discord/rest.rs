@@ -48,6 +48,29 @@ pub enum RestError {
     Unavailable(String),
 }
 
+/// A file sent with a message.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    pub filename: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Discord's multipart message: `payload_json`, then `files[n]`.
+fn form(payload: &[u8], files: &[Upload]) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new().text(
+        "payload_json",
+        String::from_utf8_lossy(payload).into_owned(),
+    );
+    for (id, file) in files.iter().enumerate() {
+        let part = reqwest::multipart::Part::bytes(file.bytes.clone())
+            .file_name(file.filename.clone())
+            .mime_str("image/png")
+            .expect("a valid MIME type");
+        form = form.part(format!("files[{id}]"), part);
+    }
+    form
+}
+
 /// A message Discord created or edited, as far as the bot needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Posted {
@@ -112,12 +135,28 @@ impl Rest {
         token: &str,
         edit: &EditInteractionResponse,
     ) -> Result<Posted, RestError> {
+        self.edit_original_with(token, edit, &[]).await
+    }
+
+    /// Edits the interaction's first answer, uploading `files` with it.
+    pub async fn edit_original_with(
+        &self,
+        token: &str,
+        edit: &EditInteractionResponse,
+        files: &[Upload],
+    ) -> Result<Posted, RestError> {
         let route = Route::WebhookOriginalInteractionResponse {
             application_id: self.application,
             token,
         };
         let message = self
-            .send(route, LightMethod::Patch, Some(edit), "edit_original")
+            .send_with(
+                route,
+                LightMethod::Patch,
+                Some(edit),
+                files,
+                "edit_original",
+            )
             .await?;
         posted(message)
     }
@@ -128,12 +167,19 @@ impl Rest {
         &self,
         channel: ChannelId,
         message: &CreateMessage,
+        files: &[Upload],
     ) -> Result<Posted, RestError> {
         let route = Route::ChannelMessages {
             channel_id: channel,
         };
         let message = self
-            .send(route, LightMethod::Post, Some(message), "channel_message")
+            .send_with(
+                route,
+                LightMethod::Post,
+                Some(message),
+                files,
+                "channel_message",
+            )
             .await?;
         posted(message)
     }
@@ -171,18 +217,52 @@ impl Rest {
         body: Option<&impl Serialize>,
         what: &'static str,
     ) -> Result<Option<Value>, RestError> {
-        let body = body.map(|b| serde_json::to_vec(b).expect("builders serialize"));
+        self.send_with(route, method, body, &[], what).await
+    }
+
+    /// [`Rest::send`] with files: a multipart body whose `payload_json` lists them as
+    /// attachments 0, 1, …, which embeds show as `attachment://<filename>`.
+    async fn send_with(
+        &self,
+        route: Route<'_>,
+        method: LightMethod,
+        body: Option<&impl Serialize>,
+        files: &[Upload],
+        what: &'static str,
+    ) -> Result<Option<Value>, RestError> {
+        let body = body.map(|b| {
+            let mut json = serde_json::to_value(b).expect("builders serialize");
+            if !files.is_empty() {
+                json["attachments"] = files
+                    .iter()
+                    .enumerate()
+                    .map(|(id, file)| serde_json::json!({"id": id, "filename": file.filename}))
+                    .collect();
+            }
+            serde_json::to_vec(&json).expect("JSON serializes")
+        });
         let deadline = Instant::now() + DEADLINE;
         let bucket = route.path().into_owned();
         let mut backoff = Duration::from_millis(250);
         loop {
             self.wait_for_turn(&bucket, deadline).await?;
-            let request = Request::new(route, method)
-                .body(body.clone())
-                .build(&self.client, self.authorization.expose(), Some(&self.base))
-                .map_err(|e| RestError::Unavailable(e.to_string()))?
-                .build()
-                .map_err(|e| RestError::Unavailable(e.without_url().to_string()))?;
+            let request = if files.is_empty() {
+                Request::new(route, method)
+                    .body(body.clone())
+                    .build(&self.client, self.authorization.expose(), Some(&self.base))
+                    .map_err(|e| RestError::Unavailable(e.to_string()))?
+            } else {
+                // serenity's builder would give the form an empty body's length: the same URL
+                // and token, with the form's own headers.
+                let url = route.path().replace("https://discord.com", &self.base);
+                self.client
+                    .request(method.reqwest_method(), url)
+                    .header(reqwest::header::AUTHORIZATION, self.authorization.expose())
+                    .header(reqwest::header::USER_AGENT, serenity::constants::USER_AGENT)
+                    .multipart(form(body.as_deref().unwrap_or(b"{}"), files))
+            }
+            .build()
+            .map_err(|e| RestError::Unavailable(e.without_url().to_string()))?;
             let response = match self.client.execute(request).await {
                 Ok(response) => response,
                 Err(error) => {

@@ -857,6 +857,7 @@ impl State {
             }
         }
         message["attachments"] = Value::Array(attachments);
+        resolve_attachment_references(message);
         let content = message["content"].as_str().unwrap_or_default().to_owned();
         let (everyone, users, roles) = mentions(&content, body.get("allowed_mentions"));
         message["mention_everyone"] = json!(everyone);
@@ -1353,5 +1354,29 @@ mod tests {
             reply.json_body().unwrap()["errors"]["embeds"]["0"]["title"]["_errors"][0]["code"],
             "BASE_TYPE_MAX_LENGTH"
         );
+    }
+}
+
+/// Embeds that show an upload of the message name it `attachment://<filename>`; Discord answers
+/// with the attachment's own URL in their place, and so does the simulator.
+fn resolve_attachment_references(message: &mut Value) {
+    let urls: Vec<(String, Value)> = message["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["filename"].as_str()?.to_owned(), a["url"].clone())))
+        .collect();
+    for embed in message["embeds"].as_array_mut().into_iter().flatten() {
+        for field in ["image", "thumbnail"] {
+            let named = embed[field]["url"]
+                .as_str()
+                .and_then(|url| url.strip_prefix("attachment://"))
+                .map(str::to_owned);
+            if let Some(name) = named
+                && let Some((_, url)) = urls.iter().find(|(filename, _)| *filename == name)
+            {
+                embed[field]["url"] = url.clone();
+            }
+        }
     }
 }

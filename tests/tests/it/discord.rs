@@ -203,11 +203,21 @@ impl World {
     }
 
     /// The original message once it shows images; its first image's bytes are a PNG of 64x64.
+    /// The worker here makes presigned links, which expire: the bot uploads the PNG instead, so
+    /// the image lives as long as the message.
     async fn result_of(&self, payload: &InteractionPayload) -> Value {
         let message = self
             .sim
             .wait_for_original(&payload.token, has_image, JOB_LIMIT)
             .await;
+        assert_eq!(
+            message["attachments"][0]["filename"], "duck-1.png",
+            "{message}"
+        );
+        assert_eq!(
+            message["embeds"][0]["image"]["url"], message["attachments"][0]["url"],
+            "{message}"
+        );
         assert_png(&message).await;
         message
     }
