@@ -112,6 +112,11 @@ impl World {
             .port();
         let address = format!("127.0.0.1:{port}");
         let ready_before = self.sim.gateway_counts().0;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join(format!("bot-{consumer}.log")))
+            .unwrap();
         let child = tokio::process::Command::new(ducks_binary())
             .args(["bots", "discord"])
             .env_clear()
@@ -135,8 +140,13 @@ impl World {
             .env("DUCKS_DISCORD__POSITION_REFRESH_SECS", "1")
             .env("DUCKS_DISCORD__CONSUMER", consumer)
             .env("DUCKS_QUEUE__EVENT_CLAIM_AFTER_MS", "2000")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                "debug,serenity=info,hyper=info,reqwest=info,h2=info,rustls=info,tungstenite=info",
+            )
             .current_dir(self.scratch.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("ducks bots discord starts");
@@ -180,16 +190,7 @@ impl World {
         actor: &Actor,
         prompt: &str,
     ) -> InteractionPayload {
-        let payload = slash_command(
-            "imagine",
-            &[
-                ("prompt", json!(prompt)),
-                ("model", json!("tiny-sd")),
-                ("size", json!("64x64")),
-                ("steps", json!(3)),
-            ],
-            actor,
-        );
+        let payload = imagine_payload(actor, prompt);
         let response = self.send(mode, bot, &payload).await;
         assert_eq!(response["type"], 4, "{response}");
         assert_eq!(
@@ -220,6 +221,52 @@ impl World {
         );
         assert_png(&message).await;
         message
+    }
+}
+
+/// `/imagine` of a small, fast tiny-sd image.
+fn imagine_payload(actor: &Actor, prompt: &str) -> InteractionPayload {
+    slash_command(
+        "imagine",
+        &[
+            ("prompt", json!(prompt)),
+            ("model", json!("tiny-sd")),
+            ("size", json!("64x64")),
+            ("steps", json!(3)),
+        ],
+        actor,
+    )
+}
+
+impl World {
+    /// No bot log line holds the bot token or an interaction token (the bots log at debug).
+    fn assert_no_secrets_in_logs(&self, tokens: &[&InteractionPayload]) {
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.scratch.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("bot-")
+            {
+                logs.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+        assert!(
+            logs.contains("The Discord bot is listening"),
+            "the logs were captured"
+        );
+        assert!(
+            !logs.contains(self.sim.bot_token()),
+            "the bot token is in a log line"
+        );
+        for payload in tokens {
+            assert!(
+                !logs.contains(&payload.token),
+                "an interaction token is in a log line"
+            );
+        }
     }
 }
 
@@ -366,6 +413,33 @@ async fn imagine_over_the_gateway_shows_progress_in_place_then_the_png() {
     assert!(
         text.contains("1024x1024 is larger than tiny-sd allows"),
         "{text}"
+    );
+
+    // An interaction serenity cannot parse (a field Discord always sends is missing) is still
+    // answered, logged and counted; serenity alone would drop it silently.
+    let mut unreadable = slash_command("models", &[], &ada());
+    unreadable
+        .json
+        .as_object_mut()
+        .unwrap()
+        .remove("attachment_size_limit");
+    let answer = world.send(Mode::Gateway, &bot, &unreadable).await;
+    assert!(
+        answer["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("could not read"),
+        "{answer}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", bot.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ducks_discord_interactions_total{kind=\"unreadable\"} 1"),
+        "{metrics}"
     );
 
     // After RECONNECT the client comes back and still answers.
