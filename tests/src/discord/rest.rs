@@ -1333,30 +1333,6 @@ fn bucket(key: &str) -> String {
     format!("{hash:016x}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mentions_follow_allowed_mentions() {
-        let content = "hi <@123> <@!456> <@&789> @everyone";
-        assert_eq!(mentions(content, None), (true, vec![123, 456], vec![789]));
-        let none = json!({"parse": [], "users": [], "roles": []});
-        assert_eq!(mentions(content, Some(&none)), (false, vec![], vec![]));
-        let one = json!({"parse": [], "users": ["456"]});
-        assert_eq!(mentions(content, Some(&one)), (false, vec![456], vec![]));
-    }
-
-    #[test]
-    fn form_errors_nest() {
-        let reply = max_length("embeds.0.title", 256);
-        assert_eq!(
-            reply.json_body().unwrap()["errors"]["embeds"]["0"]["title"]["_errors"][0]["code"],
-            "BASE_TYPE_MAX_LENGTH"
-        );
-    }
-}
-
 /// Embeds that show an upload of the message name it `attachment://<filename>`; Discord answers
 /// with the attachment's own URL in their place, and so does the simulator.
 fn resolve_attachment_references(message: &mut Value) {
@@ -1378,5 +1354,29 @@ fn resolve_attachment_references(message: &mut Value) {
                 embed[field]["url"] = url.clone();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_follow_allowed_mentions() {
+        let content = "hi <@123> <@!456> <@&789> @everyone";
+        assert_eq!(mentions(content, None), (true, vec![123, 456], vec![789]));
+        let none = json!({"parse": [], "users": [], "roles": []});
+        assert_eq!(mentions(content, Some(&none)), (false, vec![], vec![]));
+        let one = json!({"parse": [], "users": ["456"]});
+        assert_eq!(mentions(content, Some(&one)), (false, vec![456], vec![]));
+    }
+
+    #[test]
+    fn form_errors_nest() {
+        let reply = max_length("embeds.0.title", 256);
+        assert_eq!(
+            reply.json_body().unwrap()["errors"]["embeds"]["0"]["title"]["_errors"][0]["code"],
+            "BASE_TYPE_MAX_LENGTH"
+        );
     }
 }

@@ -450,6 +450,7 @@ async fn imagine_over_the_gateway_shows_progress_in_place_then_the_png() {
         .await;
     assert_eq!(again["type"], 4);
     bot.kill().await;
+    world.assert_no_secrets_in_logs(&[&payload, &typing, &too_big, &unreadable]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +522,29 @@ async fn the_http_endpoint_checks_signatures_and_serves_imagine() {
         .await;
     world.result_of(&payload).await;
     assert_no_pings(&world);
+
+    // With Redis stalled the bot defers within Discord's 3 s, then edits its answer in.
+    let redis = nix::unistd::Pid::from_raw(world.redis.pid().unwrap() as i32);
+    nix::sys::signal::kill(redis, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let slow = imagine_payload(&bob(), "a patient duck");
+    let started = std::time::Instant::now();
+    let (status, body) = world.sim.post_interaction(&url, &slow.json).await;
+    let answered_in = started.elapsed();
+    nix::sys::signal::kill(redis, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &answer["type"]), (200, &json!(5)), "{body}");
+    assert!(answered_in < Duration::from_secs(3), "{answered_in:?}");
+    world
+        .sim
+        .wait_for_original(
+            &slow.token,
+            |m| description(m).starts_with("Queued"),
+            BOT_LIMIT,
+        )
+        .await;
+    world.result_of(&slow).await;
     bot.kill().await;
+    world.assert_no_secrets_in_logs(&[&payload, &slow]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
