@@ -24,6 +24,9 @@ use super::metrics::Metrics;
 
 /// How long one request may take in all, its waits for rate limits and retries included.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Requests with the bot token per second at most: Discord's global limit is 50, and interaction
+/// routes (callbacks, edits of an interaction's messages) do not count against it.
+const GLOBAL_PER_SECOND: u32 = 40;
 /// Buckets remembered before expired ones are dropped (interaction tokens are buckets of their own).
 const BUCKETS_KEPT: usize = 4_096;
 
@@ -87,6 +90,8 @@ pub struct Rest {
     not_before: Mutex<HashMap<String, Instant>>,
     /// A global 429 pauses every route.
     global_not_before: Mutex<Option<Instant>>,
+    /// Requests counted against the global limit in the current second: (its start, count).
+    global_window: Mutex<(Instant, u32)>,
     metrics: Arc<Metrics>,
 }
 
@@ -109,6 +114,7 @@ impl Rest {
             application: ApplicationId::new(application.max(1)),
             not_before: Mutex::new(HashMap::new()),
             global_not_before: Mutex::new(None),
+            global_window: Mutex::new((Instant::now(), 0)),
             metrics,
         })
     }
@@ -244,8 +250,18 @@ impl Rest {
         let deadline = Instant::now() + DEADLINE;
         let bucket = route.path().into_owned();
         let mut backoff = Duration::from_millis(250);
+        let counts_globally = !matches!(
+            route,
+            Route::InteractionResponse { .. }
+                | Route::WebhookOriginalInteractionResponse { .. }
+                | Route::WebhookFollowupMessage { .. }
+                | Route::WebhookFollowupMessages { .. }
+        );
         loop {
             self.wait_for_turn(&bucket, deadline).await?;
+            if counts_globally {
+                self.pace_globally().await;
+            }
             let request = if files.is_empty() {
                 Request::new(route, method)
                     .body(body.clone())
@@ -339,6 +355,25 @@ impl Rest {
             tokio::time::sleep_until(until).await;
         }
         Ok(())
+    }
+
+    /// Spreads bot-token requests so a burst never reaches Discord's global limit.
+    async fn pace_globally(&self) {
+        loop {
+            let wait = {
+                let mut window = lock(&self.global_window);
+                let now = Instant::now();
+                if now >= window.0 + Duration::from_secs(1) {
+                    *window = (now, 0);
+                }
+                if window.1 < GLOBAL_PER_SECOND {
+                    window.1 += 1;
+                    return;
+                }
+                window.0 + Duration::from_secs(1)
+            };
+            tokio::time::sleep_until(wait).await;
+        }
     }
 
     async fn pause(&self, wait: Duration, deadline: Instant, why: &str) -> Result<(), RestError> {

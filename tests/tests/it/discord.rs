@@ -336,6 +336,32 @@ async fn imagine_over_the_gateway_shows_progress_in_place_then_the_png() {
     let mut world = World::new().await;
     world.start_worker().await;
     world.sim.enforce_ack_deadline(Some(Duration::from_secs(3)));
+    // `register` puts the three commands in the guild, as the simulator answers them.
+    let register = tokio::process::Command::new(ducks_binary())
+        .args(["bots", "discord", "register", "--guild", &GUILD.to_string()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DUCKS_DISCORD__TOKEN", world.sim.bot_token())
+        .env("DUCKS_DISCORD__APPLICATION_ID", APPLICATION_ID.to_string())
+        .env("DUCKS_DISCORD__API_BASE", world.sim.api_base())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&register.stdout);
+    assert!(
+        register.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&register.stderr)
+    );
+    assert!(said.contains("Registered 3 commands in guild"), "{said}");
+    let names: Vec<Value> = world
+        .sim
+        .commands(Some(GUILD))
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("imagine"), json!("models"), json!("jobs")]);
+
     let bot = world.bot(Mode::Gateway, "gateway-1").await;
 
     let payload = world
