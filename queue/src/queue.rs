@@ -289,7 +289,9 @@ impl Queue {
     /// marked and its worker told through its lease renewal. Only the requester, a moderator of
     /// the job's scope or an operator may cancel it.
     pub async fn cancel(&self, id: &JobId, caller: &Caller) -> Result<Cancelled> {
-        let (status, _) = self.status_and_entry(id, false).await?;
+        // With the origin's credentials: the Cancelled event goes to the origin's own stream,
+        // where a bot needs its interaction token to edit the job's message.
+        let (status, _) = self.read_status(id, false, true).await?;
         let request = status.request.ok_or_else(|| {
             // A job that could not be read has already failed for good.
             QueueError::NotFound(id.to_string())
@@ -306,7 +308,7 @@ impl Queue {
         });
         let requester = request.requester_key();
         let scope = request.origin.scope().to_string();
-        let payload = wire::encode(&request);
+        let payload = wire::encode(&request.without_secrets());
         let config = &self.config;
         let reply: String = self
             .with_retry(|mut conn, keys| {
@@ -374,6 +376,17 @@ impl Queue {
         id: &JobId,
         with_position: bool,
     ) -> Result<(JobStatus, Option<String>)> {
+        self.read_status(id, with_position, false).await
+    }
+
+    /// The status; with `keep_secrets`, its request and last event keep the origin's
+    /// credentials (for the queue's own events only: never returned to a caller).
+    async fn read_status(
+        &self,
+        id: &JobId,
+        with_position: bool,
+        keep_secrets: bool,
+    ) -> Result<(JobStatus, Option<String>)> {
         let reply: Option<StatusReply> = self
             .with_retry(|mut conn, keys| {
                 let mut invocation = scripts::STATUS.prepare_invoke();
@@ -415,8 +428,8 @@ impl Queue {
             cancel_requested: field("cancel") == Some("1"),
             submitted_at_ms: number("submitted_ms"),
             updated_at_ms: number("updated_ms"),
-            request: request.map(|r| r.without_secrets()),
-            last_event: last_event.map(|e| e.without_secrets()),
+            request: request.map(|r| if keep_secrets { r } else { r.without_secrets() }),
+            last_event: last_event.map(|e| if keep_secrets { e } else { e.without_secrets() }),
         };
         Ok((status, field("event_entry").map(str::to_owned)))
     }

@@ -21,6 +21,9 @@
 //! - [`DiscordSim`] is a local Discord API server (REST v10 and the gateway) that the production
 //!   serenity client talks to unchanged, with payload builders for complete, current
 //!   interactions ([`discord::slash_command`] and friends) and Ed25519-signed HTTP interactions.
+//! - [`TwitchSim`] is a local Twitch chat server (tagged IRC over TCP) that the production
+//!   twitch-irc client reaches through [`twitch::LocalTransport`], with Twitch's message rules
+//!   (500 characters, duplicates, 20/100 per 30 s) and simulated viewers.
 //!
 //! Every wait in here polls with a deadline and panics with the tail of the
 //! server's log, so a broken environment fails fast and explains itself
@@ -33,6 +36,7 @@ mod kube;
 mod s3;
 mod server;
 mod support;
+pub mod twitch;
 mod webdriver;
 
 pub use self::kube::{KubeApi, KubeFault, Kubelet, PodBehaviour, Timing};
@@ -41,4 +45,5 @@ pub use cluster::RedisCluster;
 pub use discord::{Actor, DiscordSim, InteractionPayload};
 pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};
+pub use twitch::{TwitchSim, Viewer};
 pub use webdriver::Browser;

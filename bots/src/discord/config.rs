@@ -69,6 +69,12 @@ impl DiscordConfig {
                     .into(),
             );
         }
+        if self.answer_within_ms >= 2_500 {
+            return Err(
+                "discord.answer_within_ms must be under 2500: Discord fails an interaction not answered within 3 s."
+                    .into(),
+            );
+        }
         if self.mode == ConnectMode::Http {
             self.public_key_bytes()?;
         }

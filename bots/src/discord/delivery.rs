@@ -28,8 +28,9 @@ const BATCH: usize = 64;
 const READ_BLOCK: Duration = Duration::from_millis(200);
 /// Edits to Discord in flight at once.
 const EDITS_IN_FLIGHT: usize = 64;
-/// How long an edit turn is held at most (a stuck replica's turn lapses after this).
-const TURN_LEASE: Duration = Duration::from_secs(30);
+/// How long an edit turn is held at most (a stuck replica's turn lapses after this): longer than
+/// any one REST call may take (`rest::DEADLINE`), so an edit never lands after its turn lapsed.
+const TURN_LEASE: Duration = Duration::from_secs(15);
 /// A job not heard of for this long is forgotten (another replica took its result).
 const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
@@ -324,21 +325,6 @@ async fn deliver_result(
 /// Posts a result once; true when it is out (or can never be).
 async fn deliver(bot: &Bot, event: &JobEvent, summary: Option<Arc<Summary>>, editor: &str) -> bool {
     let job = &event.job_id;
-    let deadline = Instant::now() + TURN_LEASE;
-    loop {
-        match bot
-            .queue
-            .begin_reply_edit(ORIGIN, job, editor, TURN_LEASE, true)
-            .await
-        {
-            Ok(EditTurn::Granted) => break,
-            Ok(EditTurn::Delivered) => return true,
-            Ok(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(_) | Err(_) => return false,
-        }
-    }
     let images = match &event.kind {
         EventKind::Succeeded { images, .. } => images.as_slice(),
         _ => &[],
@@ -390,14 +376,43 @@ async fn deliver(bot: &Bot, event: &JobEvent, summary: Option<Arc<Summary>>, edi
         .fields
         .get("message")
         .and_then(|id| id.parse::<u64>().ok());
+    // Everything slow (the status, the PNGs) is ready before the turn is taken, so the turn's
+    // work (one edit within the REST deadline) ends well inside its lease.
+    let deadline = Instant::now() + TURN_LEASE;
+    loop {
+        match bot
+            .queue
+            .begin_reply_edit(ORIGIN, job, editor, TURN_LEASE, true)
+            .await
+        {
+            Ok(EditTurn::Granted) => break,
+            Ok(EditTurn::Delivered) => return true,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(_) | Err(_) => return false,
+        }
+    }
     let Some(token) = token_of(&event.origin) else {
         return post_in_channel(bot, event, &card, &files, reply_to).await;
     };
-    match bot
+    let mut edited = bot
         .rest
         .edit_original_with(token, &card.edit(), &files)
-        .await
-    {
+        .await;
+    // A job that ends at once can beat its first answer to Discord: an unknown message is
+    // asked for again before the result goes to the channel instead.
+    for attempt in 0..4 {
+        if !matches!(edited, Err(RestError::NotFound { .. })) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+        edited = bot
+            .rest
+            .edit_original_with(token, &card.edit(), &files)
+            .await;
+    }
+    match edited {
         Ok(_) => {
             bot.metrics.result("edited");
             true
@@ -437,6 +452,7 @@ async fn uploads(bot: &Bot, images: &[ImageRef], limit: u64) -> (Vec<ImageRef>, 
             continue;
         }
         let Some(bytes) = bot.fetch_image(&image.url, limit - total.min(limit)).await else {
+            warn!(message = "An image could not be fetched to upload, or is too large; its link, which expires, is shown instead.", key = %image.key);
             continue;
         };
         total += bytes.len() as u64;

@@ -55,6 +55,8 @@ pub struct Bot {
     queued: Mutex<HashMap<JobId, QueuedJob>>,
     /// Fetches images whose links expire, to upload them with the result.
     images: reqwest::Client,
+    /// The bot itself, for work it starts in the background.
+    me: std::sync::Weak<Bot>,
 }
 
 /// A queued job whose message shows its place in line.
@@ -78,18 +80,20 @@ impl Bot {
         } else {
             config.consumer.clone()
         };
-        Ok(Arc::new(Bot {
+        let images = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("Could not build the HTTP client: {e}"))?;
+        Ok(Arc::new_cyclic(|me| Bot {
             queue,
             rest,
             config,
             metrics,
             replica,
             queued: Mutex::new(HashMap::new()),
-            images: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(30))
-                .build()
-                .map_err(|e| format!("Could not build the HTTP client: {e}"))?,
+            images,
+            me: me.clone(),
         }))
     }
 
@@ -106,16 +110,17 @@ impl Bot {
         let within = Duration::from_millis(self.config.answer_within_ms);
         let response = match tokio::time::timeout(within, &mut work).await {
             Ok(Ok(handled)) => handled.response(),
+            // Autocomplete can only answer with choices: none, rather than an error message.
+            Ok(Err(_)) | Err(_) if kind == "autocomplete" => {
+                CreateInteractionResponse::Autocomplete(Default::default())
+            }
             Ok(Err(panic)) => {
                 warn!(message = "An interaction handler failed.", kind, error = %panic);
-                render::private("Something went wrong on our side; nothing was queued.").response()
-            }
-            Err(_) if kind == "autocomplete" => {
-                CreateInteractionResponse::Autocomplete(Default::default())
+                render::private(FAILED).response()
             }
             Err(_) => {
                 let bot = self.clone();
-                tokio::spawn(async move { bot.finish_deferred(work, token).await });
+                tokio::spawn(async move { bot.finish_deferred(work, token, private).await });
                 CreateInteractionResponse::Defer(
                     CreateInteractionResponseMessage::new().ephemeral(private),
                 )
@@ -125,16 +130,38 @@ impl Bot {
         response
     }
 
-    /// Edits a deferred answer in once its handler is done.
-    async fn finish_deferred(&self, work: tokio::task::JoinHandle<Handled>, token: String) {
-        let Ok(Handled::Card(card)) = work.await else {
-            return;
+    /// Edits a deferred answer in once its handler is done. A public deferral whose answer is
+    /// private (a refusal) is deleted and the answer sent as a private follow-up, so a refusal
+    /// is never shown to the whole channel.
+    async fn finish_deferred(
+        &self,
+        work: tokio::task::JoinHandle<Handled>,
+        token: String,
+        deferred_private: bool,
+    ) {
+        let card = match work.await {
+            Ok(Handled::Card(card)) => card,
+            Ok(_) => return,
+            Err(panic) => {
+                warn!(message = "An interaction handler failed.", error = %panic);
+                render::private(FAILED)
+            }
         };
         // The deferral may still be on its way to Discord: an unknown message is tried again.
-        let edit = card.edit();
         for attempt in 0..5 {
-            match self.rest.edit_original(&token, &edit).await {
-                Ok(_) => return,
+            let sent = if card.private && !deferred_private {
+                match self.rest.delete_original(&token).await {
+                    Ok(()) => self.rest.followup(&token, &card.followup()).await.map(drop),
+                    Err(error) => Err(error),
+                }
+            } else {
+                self.rest
+                    .edit_original(&token, &card.edit())
+                    .await
+                    .map(drop)
+            };
+            match sent {
+                Ok(()) => return,
                 Err(rest::RestError::NotFound { .. }) if attempt < 4 => {
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
@@ -270,14 +297,45 @@ impl Bot {
                 position: None,
             },
         );
-        let queue = self.queue.clone();
+        let Some(bot) = self.me.upgrade() else { return };
         let id = id.clone();
+        let token = match &request.origin {
+            ducks_contract::Origin::Discord {
+                interaction_token, ..
+            } => interaction_token.expose().to_owned(),
+            _ => String::new(),
+        };
         tokio::spawn(async move {
-            let limit = attachment_limit.to_string();
-            let _ = queue
-                .remember_reply(ORIGIN, &id, &[("attachment_limit", &limit)])
-                .await;
+            bot.remember_first_answer(&id, &token, attachment_limit)
+                .await
         });
+    }
+
+    /// Remembers, for whichever replica delivers the result, the first answer's message id (a
+    /// result after the token's 15 minutes replies to it) and the largest upload its channel
+    /// takes. The first answer may still be on its way to Discord: an unknown one is asked for
+    /// again.
+    async fn remember_first_answer(&self, job: &JobId, token: &str, attachment_limit: u32) {
+        let limit = attachment_limit.to_string();
+        let mut posted = None;
+        for attempt in 0..5 {
+            match self.rest.original(token).await {
+                Ok(message) => {
+                    posted = Some(message);
+                    break;
+                }
+                Err(rest::RestError::NotFound { .. }) if attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut fields = vec![("attachment_limit", limit.as_str())];
+        if let Some(message) = &posted {
+            fields.push(("message", &message.id));
+            fields.push(("channel", &message.channel_id));
+        }
+        let _ = self.queue.remember_reply(ORIGIN, job, &fields).await;
     }
 }
 
@@ -320,6 +378,7 @@ impl Bot {
     }
 }
 
+const FAILED: &str = "Something went wrong on our side; nothing was queued. Try again in a minute.";
 const TOO_OLD: &str =
     "This image is too old: DUCKS keeps a job's parameters for 24 hours. Use /imagine again.";
 const UNREACHABLE: &str = "The image queue is unreachable right now. Try again in a minute.";

@@ -52,11 +52,19 @@ impl Button {
         })
     }
 
-    fn create(&self) -> CreateButton {
-        let (label, style) = match self {
-            Button::Cancel(_) => ("Cancel", ButtonStyle::Danger),
-            Button::Reroll(_) => ("Reroll", ButtonStyle::Primary),
-            Button::Details(_) => ("Details", ButtonStyle::Secondary),
+    fn label(&self) -> &'static str {
+        match self {
+            Button::Cancel(_) => "Cancel",
+            Button::Reroll(_) => "Reroll",
+            Button::Details(_) => "Details",
+        }
+    }
+
+    fn create(&self, label: &str) -> CreateButton {
+        let style = match self {
+            Button::Cancel(_) => ButtonStyle::Danger,
+            Button::Reroll(_) => ButtonStyle::Primary,
+            Button::Details(_) => ButtonStyle::Secondary,
         };
         CreateButton::new(self.custom_id())
             .label(label)
@@ -70,6 +78,8 @@ pub struct Card {
     pub content: String,
     pub embeds: Vec<CreateEmbed>,
     pub buttons: Vec<Button>,
+    /// Labels in place of the buttons' own, in order (`/jobs` numbers its Cancel buttons).
+    pub labels: Vec<String>,
     /// Shown only to the person who asked (Discord's ephemeral messages).
     pub private: bool,
 }
@@ -80,7 +90,13 @@ impl Card {
             Vec::new()
         } else {
             vec![CreateActionRow::Buttons(
-                self.buttons.iter().map(Button::create).collect(),
+                self.buttons
+                    .iter()
+                    .enumerate()
+                    .map(|(n, button)| {
+                        button.create(self.labels.get(n).map_or(button.label(), String::as_str))
+                    })
+                    .collect(),
             )]
         }
     }
@@ -110,6 +126,19 @@ impl Card {
         .allowed_mentions(quiet())
     }
 
+    /// A follow-up message (private when the card is).
+    pub fn followup(&self) -> serenity::builder::CreateInteractionResponseFollowup {
+        with_content(
+            serenity::builder::CreateInteractionResponseFollowup::new(),
+            &self.content,
+            |m, c| m.content(c),
+        )
+        .embeds(self.embeds.clone())
+        .components(self.components())
+        .ephemeral(self.private)
+        .allowed_mentions(quiet())
+    }
+
     /// A message of its own in the channel, replying to the interaction's message when known.
     pub fn channel_message(&self, reply_to: Option<(ChannelId, MessageId)>) -> CreateMessage {
         let mut message = with_content(CreateMessage::new(), &self.content, |m, c| m.content(c))
@@ -117,7 +146,9 @@ impl Card {
             .components(self.components())
             .allowed_mentions(quiet());
         if let Some(reference) = reply_to {
-            message = message.reference_message(MessageReference::from(reference));
+            // A deleted original must not make the result fail.
+            message = message
+                .reference_message(MessageReference::from(reference).fail_if_not_exists(false));
         }
         message
     }
@@ -148,6 +179,7 @@ pub fn progress(job: &JobId, summary: &Summary, event: &EventKind) -> Card {
         content: String::new(),
         embeds: vec![embed],
         buttons: vec![Button::Cancel(job.clone())],
+        labels: Vec::new(),
         private: false,
     }
 }
@@ -186,6 +218,7 @@ pub fn result(
         content: String::new(),
         embeds,
         buttons: vec![Button::Reroll(job.clone()), Button::Details(job.clone())],
+        labels: Vec::new(),
         private: false,
     }
 }
@@ -201,6 +234,7 @@ pub fn ended(job: &JobId, summary: &Summary, event: &EventKind) -> Card {
         content: String::new(),
         embeds: vec![embed],
         buttons: vec![Button::Reroll(job.clone()), Button::Details(job.clone())],
+        labels: Vec::new(),
         private: false,
     }
 }
@@ -211,6 +245,7 @@ pub fn private(text: &str) -> Card {
         content: shorten(text, 2_000).into_owned(),
         embeds: Vec::new(),
         buttons: Vec::new(),
+        labels: Vec::new(),
         private: true,
     }
 }
@@ -223,6 +258,9 @@ pub fn models(catalogue: Option<&ModelCatalogue>) -> Card {
         );
     };
     let mut embed = CreateEmbed::new().title("Models").colour(BLUE);
+    // Discord allows 6,000 characters over all embeds; keep room for the title and footer.
+    let mut budget = 5_700usize;
+    let mut shown = 0;
     for model in catalogue.models.iter().take(25) {
         let default = if catalogue.default_model.as_deref() == Some(&model.id) {
             " · default"
@@ -237,22 +275,27 @@ pub fn models(catalogue: Option<&ModelCatalogue>) -> Card {
             model.default_steps,
             describe_gpu(&model.gpu)
         );
-        embed = embed.field(
-            shorten(&format!("{} (`{}`)", model.name, model.id), TITLE_MAX),
-            shorten(value.trim(), FIELD_VALUE_MAX),
-            false,
-        );
+        let name = shorten(&format!("{} (`{}`)", model.name, model.id), TITLE_MAX).into_owned();
+        let value = shorten(value.trim(), FIELD_VALUE_MAX).into_owned();
+        let size = name.chars().count() + value.chars().count();
+        if size > budget {
+            break;
+        }
+        budget -= size;
+        shown += 1;
+        embed = embed.field(name, value, false);
     }
-    if catalogue.models.len() > 25 {
+    if catalogue.models.len() > shown {
         embed = embed.footer(CreateEmbedFooter::new(format!(
             "{} more: type a name in /imagine's model option.",
-            catalogue.models.len() - 25
+            catalogue.models.len() - shown
         )));
     }
     Card {
         content: String::new(),
         embeds: vec![embed],
         buttons: Vec::new(),
+        labels: Vec::new(),
         private: false,
     }
 }
@@ -264,7 +307,7 @@ pub fn jobs(unfinished: &[JobStatus], undelivered: &[JobStatus]) -> Card {
         return private("You have no images in progress.");
     }
     let mut lines = Vec::new();
-    for status in unfinished {
+    for (n, status) in unfinished.iter().enumerate() {
         let prompt = status
             .request
             .as_ref()
@@ -275,7 +318,7 @@ pub fn jobs(unfinished: &[JobStatus], undelivered: &[JobStatus]) -> Card {
             .as_ref()
             .map(|e| status_line(&e.kind))
             .unwrap_or_else(|| status.state.as_str().to_owned());
-        lines.push(format!("**{prompt}**: {state}"));
+        lines.push(format!("{}. **{prompt}**: {state}", n + 1));
     }
     for status in undelivered {
         if let Some(EventKind::Succeeded { images, .. }) =
@@ -298,6 +341,9 @@ pub fn jobs(unfinished: &[JobStatus], undelivered: &[JobStatus]) -> Card {
         .iter()
         .take(5)
         .map(|status| Button::Cancel(status.id.clone()))
+        .collect();
+    card.labels = (1..=card.buttons.len())
+        .map(|n| format!("Cancel {n}"))
         .collect();
     card
 }
@@ -332,6 +378,7 @@ pub fn details(status: &JobStatus, summary: &Summary) -> Card {
         content: String::new(),
         embeds: vec![embed],
         buttons: Vec::new(),
+        labels: Vec::new(),
         private: true,
     }
 }
@@ -447,6 +494,54 @@ mod tests {
         let title = value["embeds"][0]["title"].as_str().unwrap();
         assert_eq!(title.chars().count(), TITLE_MAX);
         assert!(title.ends_with('…'));
+    }
+
+    #[test]
+    fn models_stay_within_discords_6000_characters() {
+        let mut model = ducks_contract::ModelInfo {
+            id: "m".into(),
+            name: "A model with a long name".into(),
+            description: "words ".repeat(200),
+            family: "sd15".into(),
+            default_width: 512,
+            default_height: 512,
+            default_steps: 20,
+            default_guidance: 7.5,
+            max_width: 768,
+            max_height: 768,
+            max_steps: 50,
+            max_images: 4,
+            sizes: vec![],
+            gpu: Default::default(),
+            added_at_secs: None,
+            tags: vec![],
+        };
+        let many = (0..40)
+            .map(|n| {
+                model.id = format!("model-{n}");
+                model.clone()
+            })
+            .collect();
+        let catalogue = ModelCatalogue {
+            default_model: None,
+            models: many,
+            updated_at_ms: 0,
+        };
+        let card = json(&models(Some(&catalogue)).response());
+        let embed = &card["data"]["embeds"][0];
+        let mut total = embed["title"].as_str().unwrap().chars().count();
+        for field in embed["fields"].as_array().unwrap() {
+            total += field["name"].as_str().unwrap().chars().count();
+            total += field["value"].as_str().unwrap().chars().count();
+        }
+        total += embed["footer"]["text"].as_str().unwrap().chars().count();
+        assert!(total <= 6_000, "{total}");
+        assert!(
+            embed["footer"]["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("more: type a name in /imagine's model option.")
+        );
     }
 
     #[test]

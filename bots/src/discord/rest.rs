@@ -22,8 +22,11 @@ use tracing::warn;
 
 use super::metrics::Metrics;
 
-/// How long one request may take in all, its waits for rate limits and retries included.
-const DEADLINE: Duration = Duration::from_secs(30);
+/// How long one request may take in all, its waits for rate limits and retries included; no
+/// attempt outlives it, so an edit never lands after its edit turn (a longer lease) ran out.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// An interaction's first answer is useless after Discord's 3 seconds.
+const CALLBACK_DEADLINE: Duration = Duration::from_secs(3);
 /// Requests with the bot token per second at most: Discord's global limit is 50, and interaction
 /// routes (callbacks, edits of an interaction's messages) do not count against it.
 const GLOBAL_PER_SECOND: u32 = 40;
@@ -104,7 +107,7 @@ impl Rest {
     ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
+            .timeout(DEADLINE)
             .build()
             .map_err(|e| format!("Could not build the HTTP client: {e}"))?;
         Ok(Self {
@@ -130,9 +133,55 @@ impl Rest {
             interaction_id: interaction,
             token,
         };
-        self.send(route, LightMethod::Post, Some(response), "callback")
+        self.send_within(
+            route,
+            LightMethod::Post,
+            Some(response),
+            &[],
+            "callback",
+            CALLBACK_DEADLINE,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deletes the interaction's first answer (a public deferral that turned out private).
+    pub async fn delete_original(&self, token: &str) -> Result<(), RestError> {
+        let route = Route::WebhookOriginalInteractionResponse {
+            application_id: self.application,
+            token,
+        };
+        self.send(route, LightMethod::Delete, None::<&()>, "delete_original")
             .await
             .map(drop)
+    }
+
+    /// The interaction's first answer as Discord keeps it: its message id.
+    pub async fn original(&self, token: &str) -> Result<Posted, RestError> {
+        let route = Route::WebhookOriginalInteractionResponse {
+            application_id: self.application,
+            token,
+        };
+        posted(
+            self.send(route, LightMethod::Get, None::<&()>, "get_original")
+                .await?,
+        )
+    }
+
+    /// A follow-up message to an interaction.
+    pub async fn followup(
+        &self,
+        token: &str,
+        message: &serenity::builder::CreateInteractionResponseFollowup,
+    ) -> Result<Posted, RestError> {
+        let route = Route::WebhookFollowupMessages {
+            application_id: self.application,
+            token,
+        };
+        posted(
+            self.send(route, LightMethod::Post, Some(message), "followup")
+                .await?,
+        )
     }
 
     /// Edits the interaction's first answer.
@@ -236,6 +285,19 @@ impl Rest {
         files: &[Upload],
         what: &'static str,
     ) -> Result<Option<Value>, RestError> {
+        self.send_within(route, method, body, files, what, DEADLINE)
+            .await
+    }
+
+    async fn send_within(
+        &self,
+        route: Route<'_>,
+        method: LightMethod,
+        body: Option<&impl Serialize>,
+        files: &[Upload],
+        what: &'static str,
+        within: Duration,
+    ) -> Result<Option<Value>, RestError> {
         let body = body.map(|b| {
             let mut json = serde_json::to_value(b).expect("builders serialize");
             if !files.is_empty() {
@@ -247,7 +309,7 @@ impl Rest {
             }
             serde_json::to_vec(&json).expect("JSON serializes")
         });
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + within;
         let bucket = route.path().into_owned();
         let mut backoff = Duration::from_millis(250);
         let counts_globally = !matches!(
@@ -258,7 +320,13 @@ impl Rest {
                 | Route::WebhookFollowupMessages { .. }
         );
         loop {
-            self.wait_for_turn(&bucket, deadline).await?;
+            if Instant::now() >= deadline {
+                return Err(RestError::Unavailable(
+                    "no answer within the deadline".into(),
+                ));
+            }
+            self.wait_for_turn(&bucket, counts_globally, deadline)
+                .await?;
             if counts_globally {
                 self.pace_globally().await;
             }
@@ -279,9 +347,16 @@ impl Rest {
             }
             .build()
             .map_err(|e| RestError::Unavailable(e.without_url().to_string()))?;
-            let response = match self.client.execute(request).await {
-                Ok(response) => response,
-                Err(error) => {
+            let attempt = tokio::time::timeout_at(deadline, self.client.execute(request)).await;
+            let response = match attempt {
+                Err(_) => {
+                    self.metrics.rest(what, "error");
+                    return Err(RestError::Unavailable(
+                        "no answer within the deadline".into(),
+                    ));
+                }
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
                     // Without the URL: an interaction route carries its token.
                     let error = error.without_url().to_string();
                     self.metrics.rest(what, "error");
@@ -298,6 +373,11 @@ impl Rest {
                 let bytes = response.bytes().await.unwrap_or_default();
                 return Ok(serde_json::from_slice(&bytes).ok());
             }
+            let retry_header = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<f64>().ok());
             let bytes = response.bytes().await.unwrap_or_default();
             let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
@@ -311,7 +391,8 @@ impl Rest {
                     let wait = error
                         .get("retry_after")
                         .and_then(Value::as_f64)
-                        .map(Duration::from_secs_f64)
+                        .or(retry_header)
+                        .map(|secs| Duration::from_secs_f64(secs.max(0.0)))
                         .unwrap_or(Duration::from_secs(1));
                     let global = error.get("global").and_then(Value::as_bool) == Some(true);
                     self.metrics.rate_limited(what);
@@ -341,8 +422,14 @@ impl Rest {
         }
     }
 
-    async fn wait_for_turn(&self, bucket: &str, deadline: Instant) -> Result<(), RestError> {
-        let global = *lock(&self.global_not_before);
+    /// Waits out the route's hold and, for routes Discord counts globally, a global one.
+    async fn wait_for_turn(
+        &self,
+        bucket: &str,
+        counts_globally: bool,
+        deadline: Instant,
+    ) -> Result<(), RestError> {
+        let global = lock(&self.global_not_before).filter(|_| counts_globally);
         let route = lock(&self.not_before).get(bucket).copied();
         if let Some(until) = global.into_iter().chain(route).max()
             && until > Instant::now()
@@ -387,14 +474,16 @@ impl Rest {
     fn hold(&self, bucket: &str, wait: Duration, global: bool) {
         let until = Instant::now() + wait;
         if global {
-            *lock(&self.global_not_before) = Some(until);
+            let mut held = lock(&self.global_not_before);
+            *held = Some(held.map_or(until, |h| h.max(until)));
         } else {
             let mut buckets = lock(&self.not_before);
             if buckets.len() >= BUCKETS_KEPT {
                 let now = Instant::now();
                 buckets.retain(|_, until| *until > now);
             }
-            buckets.insert(bucket.to_owned(), until);
+            let held = buckets.entry(bucket.to_owned()).or_insert(until);
+            *held = (*held).max(until);
         }
     }
 

@@ -790,11 +790,17 @@ async fn an_expired_token_gets_the_result_as_a_channel_reply_and_429s_are_waited
     let bot = world.bot(Mode::Http, "expiry-1").await;
     let payload = world.imagine(Mode::Http, &bot, &ada(), "a slow duck").await;
     gate.wait_held(1, GATE_LIMIT).await;
-    // The card was edited at least once (its message id is known), then 15 minutes pass.
-    let card = world
+    // The bot has learnt the first answer's message id (it replies to it later), then 15 minutes
+    // pass.
+    let token = payload.token.clone();
+    world
         .sim
-        .wait_for_original(&payload.token, |m| m["id"].is_string(), BOT_LIMIT)
+        .wait_for_request(
+            move |r| r.method == "GET" && r.path.contains(&token) && r.status == 200,
+            BOT_LIMIT,
+        )
         .await;
+    let card = world.sim.original(&payload.token).unwrap();
     world.sim.expire_token(&payload.token);
     // Discord is also busy: the next requests are rate limited.
     world.sim.rate_limit_next(2, Duration::from_millis(400));
@@ -865,4 +871,95 @@ async fn an_expired_token_gets_the_result_as_a_channel_reply_and_429s_are_waited
     );
     assert_eq!(answer["data"]["flags"], 64);
     bot.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_jobs_place_in_line_is_refreshed() {
+    // No worker: the jobs wait, and the first one leaves the line when it is cancelled.
+    let world = World::new().await;
+    let bot = world.bot(Mode::Http, "line-1").await;
+    let first = world
+        .imagine(Mode::Http, &bot, &ada(), "the first duck")
+        .await;
+    let second = world
+        .imagine(Mode::Http, &bot, &bob(), "the second duck")
+        .await;
+    let answer = world.sim.response(&second.token).unwrap();
+    assert_eq!(
+        answer["data"]["embeds"][0]["description"], "Queued: #2 in line.",
+        "{answer}"
+    );
+    let card = world
+        .sim
+        .wait_for_original(&first.token, |m| m["id"].is_string(), BOT_LIMIT)
+        .await;
+    let cancelled = world
+        .send(
+            Mode::Http,
+            &bot,
+            &button(&button_id(&card, "Cancel"), &card, &ada()),
+        )
+        .await;
+    assert!(
+        cancelled["data"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cancelled"),
+        "{cancelled}"
+    );
+    world
+        .sim
+        .wait_for_original(
+            &second.token,
+            |m| description(m) == "Queued: next in line.",
+            BOT_LIMIT,
+        )
+        .await;
+    world
+        .sim
+        .wait_for_original(&first.token, |m| description(m) == "Cancelled.", BOT_LIMIT)
+        .await;
+    bot.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_discord_refused_is_delivered_by_another_replica_after_a_crash() {
+    let mut world = World::new().await;
+    let gate = world.s3.gate("GET", WEIGHT_KEY);
+    world.start_worker().await;
+    let bot = world.bot(Mode::Http, "crash-1").await;
+    let payload = world
+        .imagine(Mode::Http, &bot, &ada(), "a duck Discord refused")
+        .await;
+    gate.wait_held(1, GATE_LIMIT).await;
+    // Discord stops taking anything for a minute; the result is tried, refused, and the bot dies.
+    world.sim.rate_limit_next(100_000, Duration::from_secs(60));
+    gate.open();
+    let log = world.scratch.path().join("bot-crash-1.log");
+    eventually(
+        JOB_LIMIT,
+        "the bot tried the result and Discord refused it",
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Discord did not take a result; it will be tried again.")
+        },
+    )
+    .await;
+    bot.kill().await;
+    world.sim.rate_limit_next(0, Duration::ZERO);
+    assert!(!has_image(&world.sim.original(&payload.token).unwrap()));
+
+    // Another replica takes the unacknowledged result over and edits the right message, once.
+    let other = world.bot(Mode::Http, "crash-2").await;
+    world.result_of(&payload).await;
+    let delivered = world
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200 && r.path.contains(&payload.token))
+        .filter(|r| r.json.as_ref().is_some_and(has_image))
+        .count();
+    assert_eq!(delivered, 1);
+    other.kill().await;
 }

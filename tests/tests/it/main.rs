@@ -12,4 +12,5 @@ mod queue_api;
 mod runner;
 mod s3;
 mod support;
+mod twitch_sim;
 mod worker;
