@@ -161,4 +161,10 @@ impl Keys {
     pub fn undelivered(&self, requester_key: &str) -> String {
         format!("{}reply:undelivered:{requester_key}", self.prefix)
     }
+
+    /// Sorted set of the send times of one chat account in one channel (`twitch:<login>:<channel>`),
+    /// the sending budget every replica of a bot shares; it expires with its window.
+    pub fn send_budget(&self, account: &str) -> String {
+        format!("{}budget:{account}", self.prefix)
+    }
 }

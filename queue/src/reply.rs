@@ -1,7 +1,10 @@
-//! What a chat front end keeps about its reply to a job, shared by all its replicas: the message
-//! it edits and the turn to edit it. Over a consumer group, one job's events can reach different
-//! replicas, so without a turn a late progress edit from one could overwrite the result another
-//! just posted. The hash lives as long as the job's status.
+//! What a chat front end keeps about its replies, shared by all its replicas: for each job the
+//! message it edits and the turn to edit it, and a sending budget per chat account.
+//!
+//! Over a consumer group, one job's events can reach different replicas, so without a turn a late
+//! progress edit from one could overwrite the result another just posted. The hash lives as long
+//! as the job's status. A chat platform's send limit counts an account's messages, whichever
+//! replica sends them, so the budget lives in Redis too.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -182,5 +185,35 @@ impl Queue {
             })
             .await?;
         Ok(ids.into_iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Takes one message from a sending budget shared by every replica of a chat bot: at most
+    /// `limit` messages in any `window` for `account` (a login in one channel). `None`: send
+    /// now, counted; `Some(wait)`: the budget is spent until then.
+    pub async fn take_send_budget(
+        &self,
+        account: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<Option<Duration>> {
+        static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let member = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            fastrand::u64(..)
+        );
+        let wait_ms: u64 = self
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::SEND_BUDGET.prepare_invoke();
+                invocation
+                    .key(keys.send_budget(account))
+                    .arg(window.as_millis() as u64)
+                    .arg(limit)
+                    .arg(&member);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 }

@@ -214,7 +214,7 @@ impl Bot {
                     }
                     None => render::private("This job could not be read."),
                 },
-                Err(QueueError::NotFound(_)) => render::private(TOO_OLD),
+                Err(QueueError::NotFound(_)) => render::private(&self.too_old()),
                 Err(_) => render::private(UNREACHABLE),
             },
             Button::Reroll(job) => match self.queue.status(&job).await {
@@ -246,7 +246,7 @@ impl Bot {
                         render::private("This job could not be read, so it cannot be rerolled.")
                     }
                 },
-                Err(QueueError::NotFound(_)) => render::private(TOO_OLD),
+                Err(QueueError::NotFound(_)) => render::private(&self.too_old()),
                 Err(_) => render::private(UNREACHABLE),
             },
         }
@@ -279,7 +279,7 @@ impl Bot {
             Ok(Cancelled::AlreadyEnded(state)) => {
                 format!("It has already ended ({}).", state.as_str())
             }
-            Err(QueueError::NotFound(_)) => TOO_OLD.to_owned(),
+            Err(QueueError::NotFound(_)) => self.too_old(),
             Err(QueueError::Redis(_)) => UNREACHABLE.to_owned(),
             Err(refusal) => refusal.to_string(),
         };
@@ -357,6 +357,15 @@ impl Handled {
 }
 
 impl Bot {
+    /// Why a button on an old message no longer works: the job's status (its parameters) is
+    /// kept for `queue.status_ttl_secs`.
+    fn too_old(&self) -> String {
+        let hours = self.queue.config().status_ttl_secs.div_ceil(3_600).max(1);
+        format!(
+            "This image is too old: DUCKS keeps a job's parameters for {hours} hours. Use /imagine again."
+        )
+    }
+
     /// An image's bytes, if they can be fetched and are at most `limit` long.
     async fn fetch_image(&self, url: &str, limit: u64) -> Option<Vec<u8>> {
         let response = self
@@ -379,8 +388,6 @@ impl Bot {
 }
 
 const FAILED: &str = "Something went wrong on our side; nothing was queued. Try again in a minute.";
-const TOO_OLD: &str =
-    "This image is too old: DUCKS keeps a job's parameters for 24 hours. Use /imagine again.";
 const UNREACHABLE: &str = "The image queue is unreachable right now. Try again in a minute.";
 
 /// A label for metrics and logs; never the interaction's content.

@@ -822,3 +822,131 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
         self.clone()
     }
 }
+
+/// The edit turn of a chat front end's reply (`Queue::begin_reply_edit`): what lets bot replicas
+/// share one job's message without a late progress edit overwriting the result.
+#[tokio::test]
+async fn reply_edit_turns_keep_progress_from_overwriting_a_result() {
+    use ducks_queue::EditTurn;
+    let server = RedisServer::start().await;
+    let queue = queue_on(&server, config()).await;
+    let other_replica = queue_on(&server, config()).await;
+    let job: JobId = "reply-turns".parse().unwrap();
+    let lease = Duration::from_secs(10);
+
+    // One progress edit at a time, whichever replica asks.
+    let turn = |q: &ducks_queue::Queue, editor: &'static str, result: bool| {
+        let q = q.clone();
+        let job = job.clone();
+        async move {
+            q.begin_reply_edit("discord", &job, editor, lease, result)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(turn(&queue, "a#1", false).await, EditTurn::Granted);
+    assert_eq!(turn(&other_replica, "b#1", false).await, EditTurn::Busy);
+
+    // The result closes the reply to progress at once, but waits for the edit in flight.
+    assert_eq!(turn(&other_replica, "b#2", true).await, EditTurn::Busy);
+    assert_eq!(turn(&queue, "a#3", false).await, EditTurn::Finished);
+    queue
+        .end_reply_edit("discord", &job, "a#1", false)
+        .await
+        .unwrap();
+    assert_eq!(turn(&other_replica, "b#2", true).await, EditTurn::Granted);
+    assert_eq!(turn(&queue, "a#4", false).await, EditTurn::Finished);
+    other_replica
+        .end_reply_edit("discord", &job, "b#2", true)
+        .await
+        .unwrap();
+
+    // A result read again (a reclaimed event) is not sent twice.
+    assert_eq!(turn(&queue, "a#5", true).await, EditTurn::Delivered);
+    let reply = queue.reply("discord", &job).await.unwrap();
+    assert!(reply.delivered);
+
+    // What a front end remembers stays beside the turn's own fields, which it never sees.
+    queue
+        .remember_reply("discord", &job, &[("message", "42")])
+        .await
+        .unwrap();
+    let reply = queue.reply("discord", &job).await.unwrap();
+    assert_eq!(reply.fields.len(), 1, "{:?}", reply.fields);
+    assert_eq!(reply.fields["message"], "42");
+
+    // A turn whose holder died lapses with its lease.
+    let stuck: JobId = "reply-stuck".parse().unwrap();
+    assert_eq!(
+        queue
+            .begin_reply_edit(
+                "discord",
+                &stuck,
+                "dead#1",
+                Duration::from_millis(200),
+                false
+            )
+            .await
+            .unwrap(),
+        EditTurn::Granted
+    );
+    let started = Instant::now();
+    loop {
+        let turn = other_replica
+            .begin_reply_edit("discord", &stuck, "b#9", lease, true)
+            .await
+            .unwrap();
+        if turn == EditTurn::Granted {
+            break;
+        }
+        assert_eq!(turn, EditTurn::Busy);
+        assert!(
+            started.elapsed() < SECONDS_10,
+            "the lapsed turn was never given"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+/// The chat sending budget (`Queue::take_send_budget`): replicas share it, and it never lets
+/// more than the limit through in any window.
+#[tokio::test]
+async fn a_sending_budget_is_shared_by_replicas_and_never_exceeded() {
+    let server = RedisServer::start().await;
+    let one = queue_on(&server, config()).await;
+    let two = queue_on(&server, config()).await;
+    let window = Duration::from_millis(600);
+    let mut granted = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        for queue in [&one, &two] {
+            match queue
+                .take_send_budget("twitch:ducksbot:#ducks", window, 5)
+                .await
+                .unwrap()
+            {
+                None => granted.push(Instant::now()),
+                Some(wait) => assert!(wait <= window, "{wait:?}"),
+            }
+        }
+    }
+    // More than one window's worth went out, and no window held more than five. The times are the
+    // client's, a little after Redis granted each: a margin covers the replies' delays.
+    assert!(granted.len() > 5, "{}", granted.len());
+    let checked = window - Duration::from_millis(50);
+    for (n, at) in granted.iter().enumerate() {
+        let in_window = granted[n..]
+            .iter()
+            .take_while(|later| later.duration_since(*at) < checked)
+            .count();
+        assert!(in_window <= 5, "{in_window} sends within {checked:?}");
+    }
+    // Another account's budget is its own.
+    assert_eq!(
+        one.take_send_budget("twitch:ducksbot:#other", window, 5)
+            .await
+            .unwrap(),
+        None
+    );
+}
