@@ -69,6 +69,18 @@ impl BotProcess {
         BotProcess { child, address }
     }
 
+    /// User and system CPU seconds the bot has used, from `/proc/<pid>/stat` (USER_HZ 100).
+    fn cpu_secs(&self) -> f64 {
+        let pid = self.child.id().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<f64> = after
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+    }
+
     fn rss_mib(&self) -> f64 {
         let pid = self.child.id().expect("running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -111,14 +123,17 @@ fn imagine(n: usize, steps: u64) -> ducks_tests::discord::InteractionPayload {
     )
 }
 
-fn report(name: &str, mut ms: Vec<f64>) {
+/// One row: the latencies, the whole burst's span, and the bot's CPU per interaction.
+fn report(name: &str, mut ms: Vec<f64>, span: Duration, cpu_secs: f64) {
     ms.sort_by(f64::total_cmp);
     println!(
-        "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms | < 50 ms |",
+        "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.2} ms | < 50 ms |",
         ms.len(),
         percentile(&ms, 0.5),
         percentile(&ms, 0.99),
-        ms.last().copied().unwrap_or(f64::NAN)
+        ms.last().copied().unwrap_or(f64::NAN),
+        span.as_secs_f64() * 1000.0,
+        cpu_secs * 1000.0 / ms.len() as f64
     );
 }
 
@@ -207,8 +222,12 @@ async fn main() {
     worker.stop().await.unwrap();
 
     println!("\n# 2. {BURST} /imagine at once: arrival to first answer at Discord");
-    println!("| path | interactions | p50 | p99 | max | target p99 |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| path | interactions | p50 | p99 | max | whole burst | bot CPU per interaction | target p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let cpu_before = http_bot.cpu_secs();
+    let burst = Instant::now();
     let mut set = JoinSet::new();
     for n in 0..BURST {
         let sim = sim.clone();
@@ -225,7 +244,12 @@ async fn main() {
         });
     }
     let http_ms: Vec<f64> = set.join_all().await;
-    report("HTTP endpoint", http_ms);
+    report(
+        "HTTP endpoint",
+        http_ms,
+        burst.elapsed(),
+        http_bot.cpu_secs() - cpu_before,
+    );
     let http_rss = http_bot.rss_mib();
 
     let gateway_bot = BotProcess::start(&redis, &sim, "gateway").await;
@@ -235,11 +259,14 @@ async fn main() {
     for payload in &payloads {
         sim.register_interaction(&payload.json);
     }
+    let cpu_before = gateway_bot.cpu_secs();
+    let burst = Instant::now();
     for payload in &payloads {
         sent.push(Instant::now());
         assert_eq!(sim.dispatch_interaction(&payload.json), 1);
     }
     let mut gateway_ms = Vec::new();
+    let mut last_answer = burst;
     for (payload, sent) in payloads.iter().zip(sent) {
         let token = payload.token.clone();
         let callback = sim
@@ -251,8 +278,14 @@ async fn main() {
             )
             .await;
         gateway_ms.push(callback.at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+        last_answer = last_answer.max(callback.at);
     }
-    report("gateway", gateway_ms);
+    report(
+        "gateway",
+        gateway_ms,
+        last_answer.duration_since(burst),
+        gateway_bot.cpu_secs() - cpu_before,
+    );
 
     println!("\n# 3. Memory with the jobs in flight (all waiting: no worker runs)");
     println!("| bot | jobs it answered in flight | RSS |");

@@ -317,6 +317,9 @@ impl Bot {
     /// again.
     async fn remember_first_answer(&self, job: &JobId, token: &str, attachment_limit: u32) {
         let limit = attachment_limit.to_string();
+        // Not at once: the answer is still on its way, and a burst of interactions should not
+        // pay for this while it is being answered.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let mut posted = None;
         for attempt in 0..5 {
             match self.rest.original(token).await {
