@@ -8,6 +8,8 @@
 //!   line of chat text (`a duck --size 512x768 --seed 7`), and the [`JobRequest`] it becomes.
 //! - `catalogue.rs`: what autocomplete offers: models filtered by what is typed, a model's sizes,
 //!   and the GPU a model needs in words.
+//! - `line.rs`: the same as one chat line for Twitch: at most 500 characters, never read as a
+//!   chat command, acknowledgements merged when the sending budget is short.
 //! - `render.rs`: a job's state in sentences: queue place, cold-start phases, a progress bar,
 //!   failures with what to do next, the receipt (waits, generation time, GPU-seconds), and text
 //!   shortened visibly to a platform's field limits.
@@ -16,10 +18,15 @@
 
 mod catalogue;
 mod command;
+mod line;
 mod render;
 
 pub use catalogue::{Choice, MAX_CHOICES, describe_gpu, model_choices, size_choices};
 pub use command::Imagine;
+pub use line::{
+    MAX_LINE_CHARS, chat_line, ended_line, merged_queued_line, models_line, queued_line,
+    result_line,
+};
 pub use render::{
     Summary, duration, failure_sentence, phase_sentence, progress_bar, receipt, shorten,
     status_line,
