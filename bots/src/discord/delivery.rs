@@ -187,6 +187,20 @@ pub async fn run(bot: Arc<Bot>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    // Edits in flight finish (each within its REST deadline) and are acknowledged, so a result
+    // Discord took is not sent again by the next replica.
+    let drain_until = Instant::now() + super::rest::DEADLINE;
+    while paces.values().any(|pace| pace.in_flight) {
+        let Ok(Some(done)) = tokio::time::timeout_at(drain_until, done_rx.recv()).await else {
+            break;
+        };
+        if let Some(pace) = paces.get_mut(&done.job) {
+            pace.in_flight = false;
+        }
+        if let Err(error) = reader.ack(&done.ack).await {
+            warn!(message = "Could not acknowledge Discord events; they will be read again.", %error);
+        }
+    }
     info!(message = "Stopped delivering Discord results.");
 }
 
@@ -278,11 +292,20 @@ async fn edit_in_turn(
     card: &Card,
 ) -> Result<Option<super::rest::Posted>, RestError> {
     let editor = editor_token(bot);
-    let turn = bot
-        .queue
-        .begin_reply_edit(ORIGIN, job, &editor, TURN_LEASE, false)
-        .await
-        .map_err(|e| RestError::Unavailable(e.to_string()))?;
+    // Another replica's edit takes milliseconds: wait a little for it rather than drop the
+    // newest state; a result (Finished, Delivered) ends the progress for good.
+    let mut turn = EditTurn::Busy;
+    for _ in 0..10 {
+        turn = bot
+            .queue
+            .begin_reply_edit(ORIGIN, job, &editor, TURN_LEASE, false)
+            .await
+            .map_err(|e| RestError::Unavailable(e.to_string()))?;
+        if turn != EditTurn::Busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     if turn != EditTurn::Granted {
         return Ok(None);
     }
