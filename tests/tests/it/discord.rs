@@ -570,7 +570,51 @@ async fn the_http_endpoint_checks_signatures_and_serves_imagine() {
         .await;
     world.result_of(&slow).await;
     bot.kill().await;
-    world.assert_no_secrets_in_logs(&[&payload, &slow]);
+
+    // A fresh replica must read the catalogue first: with Redis stalled it defers publicly, and
+    // when the request turns out refused the refusal still reaches only the person who asked.
+    let fresh = world.bot(Mode::Http, "http-2").await;
+    nix::sys::signal::kill(redis, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let refused = slash_command(
+        "imagine",
+        &[
+            ("prompt", json!("a huge duck")),
+            ("model", json!("tiny-sd")),
+            ("size", json!("1024x1024")),
+        ],
+        &bob(),
+    );
+    let (status, body) = world
+        .sim
+        .post_interaction(&fresh.interactions_url(), &refused.json)
+        .await;
+    nix::sys::signal::kill(redis, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &answer["type"]), (200, &json!(5)), "{body}");
+    let token = refused.token.clone();
+    world
+        .sim
+        .wait_for_request(
+            move |r| r.method == "POST" && r.path.contains(&token) && r.status == 200,
+            BOT_LIMIT,
+        )
+        .await;
+    let followups = world.sim.followups(&refused.token);
+    assert_eq!(followups.len(), 1, "{followups:?}");
+    assert_eq!(followups[0]["flags"], 64, "{followups:?}");
+    assert!(
+        followups[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("larger than tiny-sd allows"),
+        "{followups:?}"
+    );
+    assert!(
+        world.sim.original(&refused.token).is_none(),
+        "the public deferral is gone"
+    );
+    fresh.kill().await;
+    world.assert_no_secrets_in_logs(&[&payload, &slow, &refused]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
