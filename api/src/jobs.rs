@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use ducks_contract::{JobId, JobRequest, JobState, JobStatus, Size, Webhook};
+use ducks_contract::{JobId, JobRequest, JobState, JobStatus, Size, Webhook, limits};
 use ducks_queue::{Cancelled, QueueError, Submitted};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,7 @@ pub struct CreateJob {
     pub count: Option<u32>,
     /// Unix time in milliseconds after which the result is no longer wanted.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
     pub deadline_ms: Option<u64>,
     /// Where to post the job's events, signed with this key's webhook secret.
     #[serde(default)]
@@ -136,6 +137,13 @@ pub fn to_job(create: CreateJob, identity: &Identity, allow_private: bool) -> Re
     job.guidance = create.guidance;
     job.seed = create.seed;
     job.count = create.count.unwrap_or(1);
+    // A time every JSON client reads exactly, as seeds are (2^53 - 1 ms is the year 285,000).
+    if create.deadline_ms.is_some_and(|ms| ms > limits::MAX_SEED) {
+        return Err(ApiError::invalid(
+            "deadline_ms",
+            "`deadline_ms` is a Unix time in milliseconds, at most 9007199254740991.",
+        ));
+    }
     job.deadline_ms = create.deadline_ms;
     job.requester.id = identity.requester_id(create.user.as_deref());
     job.validate()
@@ -570,5 +578,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_deadline_beyond_what_json_clients_read_exactly_is_refused() {
+        let body = br#"{"prompt":"a duck","deadline_ms":9223372036854775808}"#;
+        let create = body::parse::<CreateJob>(body, FIELDS, REFUSED).unwrap();
+        let error = to_job(create, &Identity::Open, false).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("deadline_ms"));
+        let body = br#"{"prompt":"a duck","deadline_ms":1796545175586}"#;
+        let create = body::parse::<CreateJob>(body, FIELDS, REFUSED).unwrap();
+        let job = to_job(create, &Identity::Open, false).unwrap();
+        assert_eq!(job.deadline_ms, Some(1_796_545_175_586));
     }
 }
