@@ -186,11 +186,7 @@ impl RunningApi {
             tail,
             metrics,
         });
-        let consumer = format!(
-            "api-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
-            std::process::id()
-        );
+        let consumer = format!("api-{}", ducks_queue::default_consumer_name("local"));
         let header_timeout = Duration::from_secs(api.config.header_timeout_secs.max(1));
         let app = router::router(api);
         let tasks = vec![

@@ -1177,3 +1177,17 @@ fn raw_fields_of(delivery: &Delivery) -> String {
     serde_json::json!({ "job": delivery.payload, "attempt": delivery.attempt.to_string() })
         .to_string()
 }
+
+/// A consumer name unique per live process: the host name (a pod's name in Kubernetes) and the
+/// process id, `fallback` where there is no host name. In a container the pid is the same after a
+/// restart, so a restarted process takes back its own pending entries at once; elsewhere a
+/// configured name does that.
+pub fn default_consumer_name(fallback: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback.to_owned());
+    format!("{host}-{}", std::process::id())
+}

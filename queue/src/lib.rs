@@ -31,7 +31,7 @@ pub mod tail;
 pub use config::QueueConfig;
 pub use config::ScopeLimits;
 pub use connection::{Connection, RedisTarget};
-pub use consumer::{Completion, Consumer, Delivery, FailResult, Signal};
+pub use consumer::{Completion, Consumer, Delivery, FailResult, Signal, default_consumer_name};
 pub use error::{QueueError, Result};
 pub use events::{EventEntry, EventReader};
 pub use queue::{Cancelled, Queue, Submitted, now_ms};

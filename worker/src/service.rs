@@ -107,7 +107,7 @@ impl RunningWorker {
         let links = Links::new(links).map_err(StartError::Links)?;
         let listen = config.listen.clone();
         let name = if config.name.is_empty() {
-            default_name()
+            ducks_queue::default_consumer_name("worker")
         } else {
             config.name.clone()
         };
@@ -168,17 +168,4 @@ impl RunningWorker {
         let _ = self.task.await;
         self.metrics
     }
-}
-
-/// The consumer name when `worker.name` is empty: the host name (a pod's name in Kubernetes) and
-/// the process id, unique per live process. In a container the pid is the same after a restart,
-/// so a restarted worker takes its own jobs back at once; elsewhere, set `worker.name` for that.
-fn default_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!("{host}-{}", std::process::id())
 }

@@ -227,7 +227,8 @@ async fn summary_of(
     ))
 }
 
-fn token_of(origin: &Origin) -> Option<&str> {
+/// The interaction token a job's events carry on the bot's own stream.
+pub(super) fn token_of(origin: &Origin) -> Option<&str> {
     match origin {
         Origin::Discord {
             interaction_token, ..

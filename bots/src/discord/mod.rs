@@ -76,7 +76,7 @@ impl Bot {
             metrics.clone(),
         )?;
         let replica = if config.consumer.is_empty() {
-            format!("{}-{}", hostname(), std::process::id())
+            ducks_queue::default_consumer_name("discord")
         } else {
             config.consumer.clone()
         };
@@ -299,12 +299,9 @@ impl Bot {
         );
         let Some(bot) = self.me.upgrade() else { return };
         let id = id.clone();
-        let token = match &request.origin {
-            ducks_contract::Origin::Discord {
-                interaction_token, ..
-            } => interaction_token.expose().to_owned(),
-            _ => String::new(),
-        };
+        let token = delivery::token_of(&request.origin)
+            .unwrap_or_default()
+            .to_owned();
         tokio::spawn(async move {
             bot.remember_first_answer(&id, &token, attachment_limit)
                 .await
@@ -462,15 +459,6 @@ pub async fn run(
     let _ = delivery.await;
     let _ = server.await;
     Ok(())
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|| "discord".into())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

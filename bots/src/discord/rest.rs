@@ -20,6 +20,7 @@ use serenity::model::id::{ApplicationId, ChannelId, GuildId, InteractionId};
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::lock;
 use super::metrics::Metrics;
 
 /// How long one request may take in all, its waits for rate limits and retries included; no
@@ -519,10 +520,4 @@ fn posted(message: Option<Value>) -> Result<Posted, RestError> {
             message: "Discord's answer named no message".into(),
         }),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -15,15 +15,14 @@ use ducks_contract::{ApiClient, Secret};
 use ducks_models::{S3Config, Storage};
 use ducks_queue::Queue;
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary};
-use ducks_worker::config::LocalConfig;
-use ducks_worker::{RunningWorker, WorkerConfig};
+use ducks_worker::RunningWorker;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::support::{
-    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, eventually, png_size, queue_on, tiny_bucket,
-    worker_queue_config,
+    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, eventually, front_end_worker, png_size, queue_on,
+    tiny_bucket, worker_queue_config,
 };
 
 const PEPPER: &str = "test-pepper";
@@ -96,30 +95,14 @@ impl World {
     }
 
     async fn start_worker(&mut self) {
-        let config = WorkerConfig {
-            concurrency: 4,
-            progress_interval_ms: 0,
-            job_timeout_secs: JOB_LIMIT.as_secs(),
-            listen: String::new(),
-            local: LocalConfig {
-                runner_program: ducks_binary(),
-                runs_dir: self.scratch.path().join("runs"),
-                cache_dir: self.scratch.path().join("cache"),
-            },
-            ..WorkerConfig::default()
-        };
-        let queue = queue_on(&self.redis, worker_queue_config()).await;
-        let worker = RunningWorker::start(queue, &self.s3_config, config, &self.links, "images")
-            .await
-            .expect("the worker starts");
-        self.worker = Some(worker);
-        // The worker publishes the catalogue as it starts; the API checks requests against it.
-        eventually(
-            Duration::from_secs(30),
-            "the catalogue is published",
-            || async { !self.queue.models().await.unwrap().models.is_empty() },
+        let worker = front_end_worker(
+            &self.redis,
+            &self.s3_config,
+            self.scratch.path(),
+            &self.links,
         )
         .await;
+        self.worker = Some(worker);
     }
 
     async fn key(&self, name: &str, admin: bool) -> (String, ApiClient) {

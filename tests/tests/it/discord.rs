@@ -14,13 +14,12 @@ use ducks_tests::discord::{
     autocomplete, button, ping, slash_command,
 };
 use ducks_tests::{RedisServer, S3Server, ducks_binary};
-use ducks_worker::config::LocalConfig;
-use ducks_worker::{RunningWorker, WorkerConfig};
+use ducks_worker::RunningWorker;
 use serde_json::{Value, json};
 
 use crate::support::{
-    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, eventually, png_size, queue_on, tiny_bucket,
-    worker_queue_config,
+    GATE_LIMIT, JOB_LIMIT, WEIGHT_KEY, eventually, front_end_worker, png_size, queue_on,
+    tiny_bucket, worker_queue_config,
 };
 
 /// How long a bot may take to start and answer a first interaction.
@@ -75,31 +74,13 @@ impl World {
     }
 
     async fn start_worker(&mut self) {
-        let config = WorkerConfig {
-            concurrency: 4,
-            progress_interval_ms: 0,
-            job_timeout_secs: JOB_LIMIT.as_secs(),
-            listen: String::new(),
-            local: LocalConfig {
-                runner_program: ducks_binary(),
-                runs_dir: self.scratch.path().join("runs"),
-                cache_dir: self.scratch.path().join("cache"),
-            },
-            ..WorkerConfig::default()
-        };
         let links = LinkConfig {
             signing_key: Secret::new("test-link-signing-key"),
             ..LinkConfig::default()
         };
-        let queue = queue_on(&self.redis, worker_queue_config()).await;
-        let worker = RunningWorker::start(queue, &self.s3_config, config, &links, "images")
-            .await
-            .expect("the worker starts");
+        let worker =
+            front_end_worker(&self.redis, &self.s3_config, self.scratch.path(), &links).await;
         self.worker = Some(worker);
-        eventually(BOT_LIMIT, "the catalogue is published", || async {
-            !self.queue.models().await.unwrap().models.is_empty()
-        })
-        .await;
     }
 
     /// Starts `ducks bots discord` as replica `consumer`, and waits until it serves (and, over
@@ -267,6 +248,23 @@ impl World {
                 "an interaction token is in a log line"
             );
         }
+    }
+}
+
+impl World {
+    /// A world with a worker and an HTTP-mode bot (replica `consumer`) whose first job, asked for
+    /// by ada, is running and held at the weights: its runner waits at the returned S3 gate.
+    async fn held_job(
+        consumer: &str,
+        prompt: &str,
+    ) -> (World, ducks_tests::Gate, BotProcess, InteractionPayload) {
+        let mut world = World::new().await;
+        let gate = world.s3.gate("GET", WEIGHT_KEY);
+        world.start_worker().await;
+        let bot = world.bot(Mode::Http, consumer).await;
+        let payload = world.imagine(Mode::Http, &bot, &ada(), prompt).await;
+        gate.wait_held(1, GATE_LIMIT).await;
+        (world, gate, bot, payload)
     }
 }
 
@@ -639,14 +637,8 @@ async fn the_http_endpoint_checks_signatures_and_serves_imagine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buttons_reroll_cancel_and_outlive_a_restart() {
-    let mut world = World::new().await;
     // The first runner is held at the weights, so the job is running when Cancel is pressed.
-    let gate = world.s3.gate("GET", WEIGHT_KEY);
-    world.start_worker().await;
-    let bot = world.bot(Mode::Http, "buttons-1").await;
-
-    let held = world.imagine(Mode::Http, &bot, &ada(), "a held duck").await;
-    gate.wait_held(1, GATE_LIMIT).await;
+    let (world, gate, bot, held) = World::held_job("buttons-1", "a held duck").await;
     let card = world
         .sim
         .wait_for_original(&held.token, |m| m["components"].is_array(), BOT_LIMIT)
@@ -756,14 +748,8 @@ async fn buttons_reroll_cancel_and_outlive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_killed_mid_job_edits_the_right_message_once_after_it_comes_back() {
-    let mut world = World::new().await;
-    let gate = world.s3.gate("GET", WEIGHT_KEY);
-    world.start_worker().await;
-    let bot = world.bot(Mode::Http, "restart-1").await;
-    let payload = world
-        .imagine(Mode::Http, &bot, &ada(), "a duck through a restart")
-        .await;
-    gate.wait_held(1, GATE_LIMIT).await;
+    let (world, gate, bot, payload) =
+        World::held_job("restart-1", "a duck through a restart").await;
     bot.kill().await;
     // The job ends while no bot runs.
     gate.open();
@@ -848,12 +834,7 @@ async fn two_http_replicas_post_each_result_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_gets_the_result_as_a_channel_reply_and_429s_are_waited_out() {
-    let mut world = World::new().await;
-    let gate = world.s3.gate("GET", WEIGHT_KEY);
-    world.start_worker().await;
-    let bot = world.bot(Mode::Http, "expiry-1").await;
-    let payload = world.imagine(Mode::Http, &bot, &ada(), "a slow duck").await;
-    gate.wait_held(1, GATE_LIMIT).await;
+    let (world, gate, bot, payload) = World::held_job("expiry-1", "a slow duck").await;
     // The bot has learnt the first answer's message id (it replies to it later), then 15 minutes
     // pass.
     let token = payload.token.clone();
@@ -988,14 +969,7 @@ async fn a_waiting_jobs_place_in_line_is_refreshed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_discord_refused_is_delivered_by_another_replica_after_a_crash() {
-    let mut world = World::new().await;
-    let gate = world.s3.gate("GET", WEIGHT_KEY);
-    world.start_worker().await;
-    let bot = world.bot(Mode::Http, "crash-1").await;
-    let payload = world
-        .imagine(Mode::Http, &bot, &ada(), "a duck Discord refused")
-        .await;
-    gate.wait_held(1, GATE_LIMIT).await;
+    let (world, gate, bot, payload) = World::held_job("crash-1", "a duck Discord refused").await;
     // Discord stops taking anything for a minute; the result is tried, refused, and the bot dies.
     world.sim.rate_limit_next(100_000, Duration::from_secs(60));
     gate.open();

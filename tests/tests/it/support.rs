@@ -267,3 +267,39 @@ pub fn tiny_info() -> ModelInfo {
         tags: Vec::new(),
     }
 }
+
+/// A worker in this process as the front ends' tests use one: the local launcher running the
+/// real runner (tiny-sd) from `scratch`, four jobs at once, every progress step published. It
+/// returns once the worker has published the catalogue, which front ends check requests against.
+pub async fn front_end_worker(
+    redis: &RedisServer,
+    s3_config: &ducks_models::S3Config,
+    scratch: &std::path::Path,
+    links: &ducks_contract::links::LinkConfig,
+) -> ducks_worker::RunningWorker {
+    use ducks_worker::config::LocalConfig;
+    let config = ducks_worker::WorkerConfig {
+        concurrency: 4,
+        progress_interval_ms: 0,
+        job_timeout_secs: JOB_LIMIT.as_secs(),
+        listen: String::new(),
+        local: LocalConfig {
+            runner_program: ducks_tests::ducks_binary(),
+            runs_dir: scratch.join("runs"),
+            cache_dir: scratch.join("cache"),
+        },
+        ..ducks_worker::WorkerConfig::default()
+    };
+    let queue = queue_on(redis, worker_queue_config()).await;
+    let worker =
+        ducks_worker::RunningWorker::start(queue.clone(), s3_config, config, links, "images")
+            .await
+            .expect("the worker starts");
+    eventually(
+        Duration::from_secs(30),
+        "the catalogue is published",
+        || async { !queue.models().await.unwrap().models.is_empty() },
+    )
+    .await;
+    worker
+}
