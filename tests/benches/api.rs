@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ducks_api::auth::{KeyOptions, create_key};
 use ducks_contract::{EventKind, JobId, JobRequest, Origin, Secret};
 use ducks_queue::{Consumer, Queue, QueueConfig, RedisTarget, now_ms};
+use ducks_tests::measure::{cpu_secs, percentile, rss_mib};
 use ducks_tests::{RedisServer, ducks_binary, tiny_bucket};
 use ducks_worker::config::LocalConfig;
 use ducks_worker::{RunningWorker, WorkerConfig};
@@ -98,32 +99,12 @@ impl ApiProcess {
     }
 
     fn cpu_secs(&self) -> f64 {
-        cpu_secs_of(&format!("/proc/{}/stat", self.child.id().expect("running")))
+        cpu_secs(self.child.id())
     }
 
     fn rss_mib(&self) -> f64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        rss_mib(self.child.id().expect("running"))
     }
-}
-
-/// User and system CPU seconds of a process, from its `/proc/<pid>/stat`.
-fn cpu_secs_of(stat: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
-    // 13th; USER_HZ is 100.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<f64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 async fn redis_clients(queue: &Queue) -> usize {
@@ -133,13 +114,6 @@ async fn redis_clients(queue: &Queue) -> usize {
         .await
         .unwrap();
     list.lines().count()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn job_body() -> Value {
@@ -273,12 +247,12 @@ async fn main() {
     let mut raw = Vec::new();
     let mut through_api = Vec::new();
     raw.push(raw_rate(&queue, &client).await);
-    let (api_cpu, own_cpu) = (api.cpu_secs(), cpu_secs_of("/proc/self/stat"));
+    let (api_cpu, own_cpu) = (api.cpu_secs(), cpu_secs(None));
     through_api.push(api_rate(&http, &api.base, &key_text).await);
     through_api.push(api_rate(&http, &api.base, &key_text).await);
     let api_jobs = (through_api[0] + through_api[1]) * CLOSED_LOOP.as_secs_f64();
     let api_cpu_us = (api.cpu_secs() - api_cpu) / api_jobs * 1e6;
-    let client_cpu_us = (cpu_secs_of("/proc/self/stat") - own_cpu) / api_jobs * 1e6;
+    let client_cpu_us = (cpu_secs(None) - own_cpu) / api_jobs * 1e6;
     raw.push(raw_rate(&queue, &client).await);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (raw_mean, api_mean) = (mean(&raw), mean(&through_api));

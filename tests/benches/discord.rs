@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ducks_queue::{Queue, QueueConfig, RedisTarget};
 use ducks_tests::discord::{APPLICATION_ID, Actor, DiscordSim, slash_command};
+use ducks_tests::measure::{cpu_secs, percentile, rss_mib};
 use ducks_tests::{RedisServer, ducks_binary, tiny_bucket};
 use ducks_worker::config::LocalConfig;
 use ducks_worker::{RunningWorker, WorkerConfig};
@@ -69,35 +70,13 @@ impl BotProcess {
         BotProcess { child, address }
     }
 
-    /// User and system CPU seconds the bot has used, from `/proc/<pid>/stat` (USER_HZ 100).
     fn cpu_secs(&self) -> f64 {
-        let pid = self.child.id().expect("running");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<f64> = after
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect();
-        (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+        cpu_secs(self.child.id())
     }
 
     fn rss_mib(&self) -> f64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        rss_mib(self.child.id().expect("running"))
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Member `n` of one of 50 servers: every request is someone else's, as in a busy hour.

@@ -33,6 +33,7 @@ mod binary;
 mod cluster;
 pub mod discord;
 mod kube;
+pub mod measure;
 mod s3;
 mod server;
 mod support;
