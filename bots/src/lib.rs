@@ -6,5 +6,7 @@
 //! # Layout
 //! - `discord/`: the Discord bot ([`discord::run`]), over serenity's gateway client or an HTTP
 //!   interactions endpoint, both feeding one handler.
+//! - `twitch/`: the Twitch bot ([`twitch::run`]), on twitch-irc, within Twitch's chat limits.
 
 pub mod discord;
+pub mod twitch;

@@ -8,6 +8,8 @@
 //!   line of chat text (`a duck --size 512x768 --seed 7`), and the [`JobRequest`] it becomes.
 //! - `catalogue.rs`: what autocomplete offers: models filtered by what is typed, a model's sizes,
 //!   and the GPU a model needs in words.
+//! - `chat_command.rs`: [`ChatCommand`], a line of text chat read as a command (`!imagine …`,
+//!   `!models`, `!cancel`, the moderators' `!ducks …`) with configurable words.
 //! - `line.rs`: the same as one chat line for Twitch: at most 500 characters, never read as a
 //!   chat command, acknowledgements merged when the sending budget is short.
 //! - `render.rs`: a job's state in sentences: queue place, cold-start phases, a progress bar,
@@ -17,11 +19,13 @@
 //! [`JobRequest`]: ducks_contract::JobRequest
 
 mod catalogue;
+mod chat_command;
 mod command;
 mod line;
 mod render;
 
 pub use catalogue::{Choice, MAX_CHOICES, describe_gpu, model_choices, size_choices};
+pub use chat_command::{ChatCommand, CommandWords, help_line, imagine_usage, reply_line};
 pub use command::Imagine;
 pub use line::{
     MAX_LINE_CHARS, chat_line, ended_line, merged_queued_line, models_line, queued_line,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat};
 use ducks_api::ApiConfig;
 use ducks_bots::discord::DiscordConfig;
+use ducks_bots::twitch::TwitchConfig;
 use ducks_contract::Secret;
 use ducks_contract::links::LinkConfig;
 use ducks_models::S3Config;
@@ -27,6 +28,7 @@ pub struct Settings {
     pub links: LinkConfig,
     pub api: ApiConfig,
     pub discord: DiscordConfig,
+    pub twitch: TwitchConfig,
     pub dev: DevSettings,
     pub log: LogSettings,
 }
@@ -257,6 +259,14 @@ mod tests {
             ),
             ("API", serde_json::to_value(ApiConfig::default()).unwrap()),
             ("DEV", serde_json::to_value(DevSettings::default()).unwrap()),
+            (
+                "DISCORD",
+                serde_json::to_value(DiscordConfig::default()).unwrap(),
+            ),
+            (
+                "TWITCH",
+                serde_json::to_value(TwitchConfig::default()).unwrap(),
+            ),
         ];
         let (mut expected, mut toml_only) = (Vec::new(), Vec::new());
         for (section, value) in &sections {

@@ -162,9 +162,48 @@ impl Keys {
         format!("{}reply:undelivered:{requester_key}", self.prefix)
     }
 
+    /// Stream of the newest images made in one channel of a chat front end (capped, with a time
+    /// to live renewed on every add): what the channel's stream overlay shows.
+    pub fn overlay(&self, origin_kind: &str, channel: &str) -> String {
+        format!("{}overlay:{origin_kind}:{channel}", self.prefix)
+    }
+
     /// Sorted set of the send times of one chat account in one channel (`twitch:<login>:<channel>`),
     /// the sending budget every replica of a bot shares; it expires with its window.
     pub fn send_budget(&self, account: &str) -> String {
         format!("{}budget:{account}", self.prefix)
+    }
+
+    /// Set once a chat message has been taken by one replica of a chat bot (every replica in a
+    /// channel receives every message); with a time to live.
+    pub fn chat_seen(&self, origin_kind: &str, message_id: &str) -> String {
+        format!("{}chat:seen:{origin_kind}:{message_id}", self.prefix)
+    }
+
+    /// A cooldown (`twitch:<channel>`, `twitch:<channel>:<user id>`); it expires when it ends.
+    pub fn chat_cooldown(&self, name: &str) -> String {
+        format!("{}chat:cooldown:{name}", self.prefix)
+    }
+
+    /// Set while a channel's moderators have paused the bot there.
+    pub fn chat_paused(&self, origin_kind: &str, channel: &str) -> String {
+        format!("{}chat:paused:{origin_kind}:{channel}", self.prefix)
+    }
+
+    /// Hash login → user id of the people who asked for images in a channel, so a moderator can
+    /// name one by login; with a time to live.
+    pub fn chat_chatters(&self, origin_kind: &str, channel: &str) -> String {
+        format!("{}chat:chatters:{origin_kind}:{channel}", self.prefix)
+    }
+
+    /// Hash of a chat account's user access token (`access`, `refresh`, `expires_at_ms`), shared
+    /// by the replicas that refresh it.
+    pub fn chat_token(&self, origin_kind: &str, login: &str) -> String {
+        format!("{}chat:token:{origin_kind}:{login}", self.prefix)
+    }
+
+    /// Held by the one replica refreshing a chat account's token; with a short time to live.
+    pub fn chat_token_lock(&self, origin_kind: &str, login: &str) -> String {
+        format!("{}chat:token-lock:{origin_kind}:{login}", self.prefix)
     }
 }

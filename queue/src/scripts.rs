@@ -35,6 +35,8 @@ script!(USAGE_ONCE, "scripts/usage_once.lua");
 script!(REPLY_BEGIN_EDIT, "scripts/reply_begin_edit.lua");
 script!(REPLY_END_EDIT, "scripts/reply_end_edit.lua");
 script!(SEND_BUDGET, "scripts/send_budget.lua");
+script!(OVERLAY_ADD, "scripts/overlay_add.lua");
+script!(COOLDOWN, "scripts/cooldown.lua");
 
 /// Stands for the queue position in the Queued event until the submit script knows it.
 pub const POSITION_PLACEHOLDER: u64 = 987_654_321_987_654_321;

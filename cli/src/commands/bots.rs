@@ -1,5 +1,5 @@
-//! `ducks bots discord`: run the Discord bot until SIGTERM or SIGINT; `ducks bots discord
-//! register` sends its commands to Discord.
+//! `ducks bots discord` and `ducks bots twitch`: run a chat bot until SIGTERM or SIGINT;
+//! `ducks bots discord register` sends the Discord bot's commands to Discord.
 
 use tracing::info;
 
@@ -12,6 +12,8 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<DiscordCommand>,
     },
+    /// The Twitch bot (docs/twitch.md): `!imagine` in the channels of `twitch.channels`.
+    Twitch,
 }
 
 #[derive(clap::Subcommand)]
@@ -26,7 +28,23 @@ pub enum DiscordCommand {
 }
 
 pub async fn run(command: Command, settings: &Settings) -> Result<(), crate::Error> {
-    let Command::Discord { command } = command;
+    let command = match command {
+        Command::Discord { command } => command,
+        Command::Twitch => {
+            let queue = settings.connect_queue().await?;
+            ducks_bots::twitch::run(
+                queue,
+                settings.twitch.clone(),
+                settings.links.clone(),
+                async {
+                    crate::signals::terminated().await;
+                    info!(message = "Shutting down: SIGTERM or SIGINT received.");
+                },
+            )
+            .await?;
+            return Ok(());
+        }
+    };
     match command {
         None => {
             let queue = settings.connect_queue().await?;

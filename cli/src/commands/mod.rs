@@ -38,7 +38,7 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<api::Command>,
     },
-    /// The chat bots: `ducks bots discord` runs the Discord bot.
+    /// The chat bots: `ducks bots discord` and `ducks bots twitch`.
     Bots {
         #[command(subcommand)]
         command: bots::Command,

@@ -12,5 +12,6 @@ mod queue_api;
 mod runner;
 mod s3;
 mod support;
+mod twitch;
 mod twitch_sim;
 mod worker;
