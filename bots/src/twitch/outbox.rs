@@ -33,7 +33,8 @@ use super::{Bot, ORIGIN, lock};
 const TURN_LEASE: Duration = Duration::from_secs(20);
 /// Attempts at one reply or acknowledgement before it is given up.
 const MINOR_ATTEMPTS: u32 = 3;
-/// Attempts at one result before it is kept for later instead (`note_undelivered`).
+/// Attempts at one result that got no answer before it is kept for later instead
+/// (`note_undelivered`); refusals that waiting can get past do not count.
 const RESULT_ATTEMPTS: u32 = 10;
 
 /// What Twitch said about the message just sent.
@@ -87,6 +88,8 @@ pub struct Outbox {
     pub moderator: AtomicBool,
     answers_tx: mpsc::UnboundedSender<Answer>,
     answers_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Answer>>,
+    /// Set when Twitch refused a message for its rate or slow mode: nothing is sent before.
+    hold_until: Mutex<Option<Instant>>,
 }
 
 /// What a send came to.
@@ -106,6 +109,7 @@ impl Outbox {
             moderator: AtomicBool::new(moderator),
             answers_tx,
             answers_rx: tokio::sync::Mutex::new(answers_rx),
+            hold_until: Mutex::new(None),
         })
     }
 
@@ -182,6 +186,13 @@ pub async fn run(bot: Arc<Bot>, outbox: Arc<Outbox>, mut stop: watch::Receiver<b
         if idle {
             tokio::select! {
                 _ = outbox.wake.notified() => continue,
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+        let hold = lock(&outbox.hold_until).take();
+        if let Some(until) = hold {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
         }
@@ -347,7 +358,6 @@ async fn send_result(
     mut result: ResultMessage,
     last_text: &mut String,
 ) {
-    result.attempts += 1;
     let sent = send(
         bot,
         outbox,
@@ -374,14 +384,17 @@ async fn send_result(
             }
             bot.acknowledge(result.entries);
         }
-        Sent::Refused(why) if !retryable(&why) || result.attempts >= RESULT_ATTEMPTS => {
-            undeliverable(bot, result, &why).await
+        Sent::Refused(why) if !retryable(&why) => undeliverable(bot, result, &why).await,
+        // Still to send, before anything else (after the pause a rate refusal started).
+        Sent::Refused(_) => lock(&outbox.waiting).results.push_front(result),
+        Sent::Unanswered => {
+            result.attempts += 1;
+            if result.attempts >= RESULT_ATTEMPTS {
+                undeliverable(bot, result, "no answer").await
+            } else {
+                lock(&outbox.waiting).results.push_front(result)
+            }
         }
-        Sent::Unanswered if result.attempts >= RESULT_ATTEMPTS => {
-            undeliverable(bot, result, "no answer").await
-        }
-        // Still to send, before anything else.
-        Sent::Refused(_) | Sent::Unanswered => lock(&outbox.waiting).results.push_front(result),
     }
 }
 
@@ -457,6 +470,11 @@ async fn send(
             bot.metrics.refused(&why);
             if why == "msg_duplicate" {
                 *last_text = text;
+            } else if retryable(&why) {
+                // Over Twitch's count (another client on the account, or a budget set too
+                // high) or in slow mode: let a whole window pass before the next message.
+                let pause = Duration::from_millis(bot.config.budget_window_ms);
+                *lock(&outbox.hold_until) = Some(Instant::now() + pause);
             }
             Sent::Refused(why)
         }

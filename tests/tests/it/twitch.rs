@@ -231,28 +231,29 @@ async fn imagine_is_acknowledged_then_answered_with_a_short_link_to_the_png() {
     let image = reqwest::get(link).await.unwrap();
     assert_eq!(image.status(), 200, "{link}");
     assert_eq!(png_size(&image.bytes().await.unwrap()), (64, 64));
-    // The channel's stream overlay shows it, with who asked and the prompt.
-    let (shown, _) = world
-        .queue
-        .overlay("twitch", CHANNEL, None, 10)
-        .await
-        .unwrap();
-    assert!(
+    // The channel's stream overlay shows it, with who asked and the prompt (added once Twitch
+    // took the line).
+    eventually(CHAT_LIMIT, "the overlay shows ada's image", || async {
+        let (shown, _) = world
+            .queue
+            .overlay("twitch", CHANNEL, None, 10)
+            .await
+            .unwrap();
         shown
             .iter()
-            .any(|i| i.requester == "ada" && i.prompt == "a duck in space" && i.url == link),
-        "{shown:?}"
-    );
+            .any(|i| i.requester == "ada" && i.prompt == "a duck in space" && i.url == link)
+    })
+    .await;
 
-    // A prompt of 480 characters of emoji and non-Latin text: the reply still fits, cut at a
-    // character boundary with a visible mark.
-    let long: String = "🦆 狐狸 ".repeat(120).chars().take(480).collect();
+    // A prompt of emoji and non-Latin text filling a whole 500-character message: the reply
+    // still fits, cut at a character boundary with a visible mark.
+    let options = " --model tiny-sd --size 64x64 --steps 2";
+    let room = 500 - "!imagine ".len() - options.len();
+    let long: String = "🦆 狐狸 ".repeat(200).chars().take(room).collect();
+    let message = format!("!imagine {}{options}", long.trim_end());
+    assert!(message.chars().count() <= 500);
     let bob = viewer("bob", "1002", &[]);
-    let request = world.sim.say(
-        CHANNEL,
-        bob,
-        &format!("!imagine {long} --model tiny-sd --size 64x64 --steps 2"),
-    );
+    let request = world.sim.say(CHANNEL, bob, &message);
     let result = world.reply_to(&request, "/i/").await;
     assert!(result.text.chars().count() <= 500, "{}", result.text);
     assert!(result.text.ends_with("…\""), "{}", result.text);
@@ -520,6 +521,62 @@ async fn results_survive_a_reconnect_and_a_killed_bot_and_are_posted_once() {
         assert_eq!(results.len(), 1, "one result for {request}: {results:?}");
     }
     let _ = bot.address;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_messages_are_sent_again_and_no_text_twice_in_a_row() {
+    let world = World::chat_only().await;
+    // Twitch here allows fewer messages than the bot's budget: it answers with NOTICEs.
+    world.sim.set_rate_limit(Duration::from_secs(2), 3, 3);
+    let _bot = world
+        .bot(
+            "refused",
+            &[
+                ("DUCKS_TWITCH__BUDGET_WINDOW_MS", "2000"),
+                ("DUCKS_TWITCH__BUDGET_LIMIT", "20"),
+            ],
+        )
+        .await;
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let worker = instant_worker(world.queue.clone(), finished.clone());
+    let logins: Vec<String> = (0..6).map(|n| format!("asker{n}")).collect();
+    let ids: Vec<String> = (0..6).map(|n| format!("{}", 5_000 + n)).collect();
+    let requests: Vec<String> = (0..6)
+        .map(|n| {
+            world
+                .sim
+                .say(CHANNEL, viewer(&logins[n], &ids[n], &[]), "!imagine a duck")
+        })
+        .collect();
+    for request in &requests {
+        world.reply_to(request, "here it is").await;
+    }
+    assert!(world.sim.over_limit() > 0, "Twitch refused some messages");
+    eventually(
+        CHAT_LIMIT,
+        "the bot's events are all acknowledged",
+        || async { pending_events(&world.queue).await == 0 },
+    )
+    .await;
+    for request in &requests {
+        let results = world
+            .sim
+            .replies_to(request)
+            .into_iter()
+            .filter(|s| s.delivered() && s.text.contains("here it is"))
+            .count();
+        assert_eq!(results, 1, "one result for {request}");
+    }
+    worker.abort();
+
+    // The same answer twice in a row is changed, so Twitch does not refuse it as a duplicate.
+    let ada = viewer("ada", "5100", &[]);
+    let first = world.sim.say(CHANNEL, ada, "!models");
+    let first = world.reply_to(&first, "").await;
+    let second = world.sim.say(CHANNEL, ada, "!models");
+    let second = world.reply_to(&second, "").await;
+    assert_ne!(first.text, second.text);
+    assert!(second.text.starts_with(first.text.trim_end_matches(" ·")));
 }
 
 /// Entries of the `twitch` event stream read by the bot but not acknowledged.
