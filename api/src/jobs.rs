@@ -208,6 +208,7 @@ fn prefer_wait(headers: &HeaderMap, max: Duration) -> Option<Duration> {
         (status = 202, body = JobView, description = "Queued (or still running after the wait)"),
         (status = 200, body = JobView, description = "Finished within `Prefer: wait`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such model; the message names the models there are"),
     ),
     security(("bearer" = [])))]
 pub async fn create(

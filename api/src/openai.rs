@@ -277,6 +277,7 @@ fn attempt_ttl(wait: Duration) -> Duration {
         (status = 200, body = ImagesResponse),
         (status = 400, body = ErrorBody, description = "A field is wrong; `param` names it"),
         (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such model; the message names the models there are"),
         (status = 429, body = ErrorBody),
         (status = 504, body = ErrorBody, description = "Not ready within the wait; the job goes on and the message names its URL"),
     ),
