@@ -9,7 +9,8 @@
 //! ## Layout
 //! - [`router`] (`router(state)`: every route in one place), [`openai`] (models, images),
 //!   [`jobs`] (native jobs and their server-sent events), [`links`] (`/i/{slug}`), [`page`] (the
-//!   web page), [`openapi`] (the document, generated from the handlers).
+//!   web page), [`overlay`] (a Twitch channel's stream overlay and its images, public),
+//!   [`openapi`] (the document, generated from the handlers).
 //! - The pure core: [`view`] (what jobs, models and events look like), [`body`] (request bodies
 //!   whose mistakes name their field), [`auth`] (keys and who may see what), [`error`] (OpenAI's
 //!   error shape), the request checks in [`openai::to_job`] and [`jobs::to_job`], and the
@@ -27,6 +28,7 @@ pub mod links;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod overlay;
 pub mod page;
 pub mod router;
 mod server;

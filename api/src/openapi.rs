@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{error, jobs, links, openai, view};
+use crate::{error, jobs, links, openai, overlay, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,7 +14,7 @@ use crate::{error, jobs, links, openai, view};
     paths(
         openai::list_models, openai::get_model, openai::generate,
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::gallery,
-        links::image,
+        links::image, overlay::images,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
@@ -23,18 +23,21 @@ use crate::{error, jobs, links, openai, view};
         view::JobErrorView, view::JobUrls, view::Gallery, view::GalleryImage,
         openai::ImageGenerationRequest, openai::ImagesResponse, openai::ImageData,
         jobs::CreateJob, jobs::WebhookRequest, jobs::JobList,
+        overlay::Overlay, overlay::OverlayImageView,
     )),
     modifiers(&BearerKeys),
     tags(
         (name = "models", description = "The models stored in S3"),
         (name = "images", description = "OpenAI-compatible generation, and permanent image links"),
         (name = "jobs", description = "Native jobs: queue now, follow progress, get the result"),
+        (name = "overlay", description = "A Twitch channel's newest images, for its stream overlay; public"),
     )
 )]
 pub struct ApiDoc;
 
-/// The bearer key scheme, and the errors every route can answer (a missing key, a queue out of
-/// reach, a body too large), documented once here rather than on each handler.
+/// The bearer key scheme, and the errors every route can answer (a missing key on those that
+/// ask for one, a queue out of reach, a body too large), documented once here rather than on
+/// each handler.
 struct BearerKeys;
 
 impl Modify for BearerKeys {
@@ -61,7 +64,8 @@ impl Modify for BearerKeys {
                         "The job queue or storage is unreachable; retry later",
                     ),
                 ];
-                if path != "/i/{slug}" {
+                // Image links and overlays are public: no key is asked for.
+                if path != "/i/{slug}" && !path.starts_with("/v1/overlay/") {
                     common.push(("401", "No key, a wrong key, or a revoked key"));
                 }
                 if operation.request_body.is_some() {

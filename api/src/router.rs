@@ -13,7 +13,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::error::ApiError;
-use crate::{AppState, jobs, links, openai, openapi, page};
+use crate::{AppState, jobs, links, openai, openapi, overlay, page};
 
 pub fn router(api: AppState) -> Router {
     let config = &api.config;
@@ -30,6 +30,9 @@ pub fn router(api: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/gallery", get(jobs::gallery))
         .route("/i/{slug}", get(links::image))
+        // Public even with keys: see `overlay` for why.
+        .route("/overlay/{origin_kind}/{channel}", get(overlay::page))
+        .route("/v1/overlay/{origin_kind}/{channel}", get(overlay::images))
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

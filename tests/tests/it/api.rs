@@ -1,6 +1,7 @@
 //! The HTTP API end to end: real Redis, the embedded S3 server, a worker running the real runner
 //! with tiny-sd, the API on a free port, and real clients: reqwest for the routes and server-sent
-//! events, and the `openai` Python package (installed by `make test` into target/py).
+//! events, the `openai` Python package (installed by `make test` into target/py), and Chromium for
+//! the web page and a Twitch channel's stream overlay.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use ducks_api::{ApiConfig, RunningApi};
 use ducks_contract::links::LinkConfig;
 use ducks_contract::{ApiClient, Secret};
 use ducks_models::{S3Config, Storage};
-use ducks_queue::Queue;
+use ducks_queue::{OverlayImage, Queue};
 use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary};
 use ducks_worker::RunningWorker;
 use hmac::{Hmac, KeyInit, Mac};
@@ -887,4 +888,241 @@ async fn a_schema_driven_fuzz_finds_no_server_error_and_no_undocumented_response
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A PNG of `width` × `height` pixels, a gradient a screenshot shows.
+fn gradient_png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let pixels: Vec<u8> = (0..height)
+        .flat_map(|y| (0..width).flat_map(move |x| [(x * 4) as u8, (y * 4) as u8, 200]))
+        .collect();
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(&pixels).unwrap();
+    writer.finish().unwrap();
+    bytes
+}
+
+fn overlay_image(job: &str, url: &str, requester: &str, prompt: &str) -> OverlayImage {
+    OverlayImage {
+        job: job.into(),
+        url: url.into(),
+        width: 64,
+        height: 64,
+        requester: requester.into(),
+        prompt: prompt.into(),
+        model: "tiny-sd".into(),
+        at_ms: ducks_queue::now_ms(),
+    }
+}
+
+/// The overlay's routes answer without a key on an API that has keys; only Twitch channels have
+/// one, and a name that is no channel's, a cursor that is no cursor or a limit out of range is
+/// refused with its reason. The JSON route is in the OpenAPI document, without a key.
+#[tokio::test]
+async fn the_overlay_is_public_and_refuses_what_is_no_twitch_channel() {
+    let world = World::new(api_config()).await;
+    let get = |path: &str| http().get(world.url(path)).send();
+    assert_eq!(get("/v1/jobs").await.unwrap().status(), 401, "keys are on");
+    let (status, body) = json_of(get("/v1/overlay/twitch/ducks_tv").await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"images": [], "cursor": "0-0"}));
+    world
+        .queue
+        .add_to_overlay(
+            "twitch",
+            "ducks_tv",
+            &overlay_image("job-1", "https://ducks.example/i/1", "Ann", "a duck"),
+        )
+        .await
+        .unwrap();
+    let answer = get("/v1/overlay/twitch/Ducks_TV?limit=5").await.unwrap();
+    assert_eq!(answer.headers()["cache-control"], "no-store");
+    let (status, body) = json_of(answer).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["images"][0]["requester"], "Ann", "logins ignore case");
+    assert_eq!(body["images"][0]["prompt"], "a duck");
+    let cursor = body["cursor"].as_str().unwrap().to_owned();
+    let (_, body) = json_of(
+        get(&format!("/v1/overlay/twitch/ducks_tv?after={cursor}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body, json!({"images": [], "cursor": cursor}));
+
+    let page = get("/overlay/twitch/DucksTV?count=2").await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().await.unwrap().contains("../../v1/overlay/"));
+
+    for (path, status, param) in [
+        ("/overlay/discord/ducks", 404, None),
+        ("/v1/overlay/discord/ducks", 404, None),
+        ("/overlay/twitch/no%20such", 400, Some("channel")),
+        ("/v1/overlay/twitch/no%20such", 400, Some("channel")),
+        (
+            "/v1/overlay/twitch/a_name_longer_than_25_chars",
+            400,
+            Some("channel"),
+        ),
+        ("/v1/overlay/twitch/ducks?after=%24", 400, Some("after")),
+        (
+            "/v1/overlay/twitch/ducks?after=99999999999999999999-0",
+            400,
+            Some("after"),
+        ),
+        ("/v1/overlay/twitch/ducks?limit=0", 400, Some("limit")),
+        ("/v1/overlay/twitch/ducks?limit=51", 400, Some("limit")),
+        ("/v1/overlay/twitch/ducks?limit=many", 400, None),
+    ] {
+        let (got, body) = json_of(get(path).await.unwrap()).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{path}: {body}"
+        );
+        if let Some(param) = param {
+            assert_eq!(body["error"]["param"], param, "{path}: {body}");
+        }
+    }
+
+    let (_, document) = json_of(get("/openapi.json").await.unwrap()).await;
+    let route = &document["paths"]["/v1/overlay/{origin_kind}/{channel}"]["get"];
+    assert!(route.is_object(), "{document}");
+    assert!(route.get("security").is_none(), "{route}");
+    assert!(route["responses"].get("401").is_none(), "{route}");
+}
+
+/// A streamer's overlay in a real headless Chromium, as OBS shows it: it opens with the newest
+/// image, then images the bot adds appear at the top without a reload (a marker set in the
+/// window survives), with who asked and the prompt shortened and shown as text, never as
+/// markup; `?count=2` keeps two. The screenshot is saved under target/.
+#[tokio::test]
+async fn the_overlay_shows_new_images_live_in_a_real_browser() {
+    let world = World::new(api_config()).await;
+    let object = "overlay/duck.png";
+    world
+        .storage
+        .put(
+            object,
+            gradient_png(64, 64),
+            "image/png",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let link = ducks_contract::links::permanent_link(
+        &world.links.base_url,
+        object,
+        &world.links.signing_key,
+    );
+    let add = |image: OverlayImage| {
+        let queue = world.queue.clone();
+        async move {
+            queue
+                .add_to_overlay("twitch", "duckstv", &image)
+                .await
+                .unwrap()
+        }
+    };
+    add(overlay_image(
+        "job-early",
+        &link,
+        "EarlyBird",
+        "an early duck",
+    ))
+    .await;
+
+    let browser = ducks_tests::Browser::start().await;
+    browser
+        .open(&world.url("/overlay/twitch/DucksTV?count=2&size=160"))
+        .await;
+    browser
+        .wait_for(
+            "return !!document.documentElement.dataset.cursor
+                && document.querySelectorAll('#images figure').length === 1
+                && document.querySelector('#images .requester').textContent === 'EarlyBird';",
+            Duration::from_secs(30),
+            "the overlay opens with the newest image",
+        )
+        .await;
+    browser
+        .script("window.notReloaded = 'marker'; return true;")
+        .await;
+
+    let prompt = format!(
+        "<script>window.injected = true</script><b>bold</b> a rubber duck {}",
+        "on a very long prompt ".repeat(10)
+    );
+    let new = overlay_image("job-new", &link, "Mallard_99", &prompt);
+    add(new.clone()).await;
+    add(new).await;
+    browser
+        .wait_for(
+            "const first = document.querySelector('#images figure');
+             const img = first && first.querySelector('img');
+             return !!first && first.dataset.job === 'job-new'
+                 && first.querySelector('.requester').textContent === 'Mallard_99'
+                 && img.complete && img.naturalWidth === 64;",
+            Duration::from_secs(30),
+            "the new image appears on top, loaded through its permanent link",
+        )
+        .await;
+    let seen = browser
+        .script(
+            "const prompt = document.querySelector('#images figure .prompt').textContent;
+             return {
+                 marker: window.notReloaded || null,
+                 injected: window.injected || null,
+                 markup: document.querySelectorAll('#images script, #images b').length,
+                 prompt: prompt,
+                 chars: Array.from(prompt).length,
+                 jobs: Array.from(document.querySelectorAll('#images figure')).map((f) => f.dataset.job),
+                 background: getComputedStyle(document.body).backgroundColor,
+             };",
+        )
+        .await;
+    assert_eq!(seen["marker"], "marker", "no reload: {seen}");
+    assert_eq!(seen["injected"], Value::Null, "{seen}");
+    assert_eq!(seen["markup"], 0, "{seen}");
+    let shown = seen["prompt"].as_str().unwrap();
+    assert!(
+        shown.starts_with("<script>window.injected = true</script><b>bold</b> a rubber duck"),
+        "the prompt shows as text: {seen}"
+    );
+    assert!(shown.ends_with('…'), "shortened visibly: {seen}");
+    assert!(seen["chars"].as_u64().unwrap() <= 90, "{seen}");
+    assert_eq!(seen["jobs"], json!(["job-new", "job-early"]), "once each");
+    assert_eq!(
+        seen["background"], "rgba(0, 0, 0, 0)",
+        "transparent for OBS"
+    );
+
+    add(overlay_image("job-third", &link, "Teal", "a third duck")).await;
+    browser
+        .wait_for(
+            "const jobs = Array.from(document.querySelectorAll('#images figure')).map((f) => f.dataset.job);
+             const images = Array.from(document.querySelectorAll('#images img'));
+             return jobs.join() === 'job-third,job-new'
+                 && images.every((img) => img.complete && img.naturalWidth === 64)
+                 && document.getAnimations().every((a) => a.playState === 'finished');",
+            Duration::from_secs(30),
+            "?count=2 keeps the newest two (and the screenshot waits for them to settle)",
+        )
+        .await;
+    assert_eq!(
+        browser.script("return window.notReloaded || null;").await,
+        "marker"
+    );
+    let shot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/overlay.png");
+    browser.screenshot(&shot).await;
 }

@@ -1,7 +1,8 @@
 //! The queue's surface as front ends use it, against real redis-server processes: scoped
 //! idempotency, who may cancel, a requester's jobs, per-scope limits, checks against the
 //! catalogue, credentials kept off display paths, events that outlive a front end's absence, the
-//! one-tail-per-process fan-out, unreadable raw jobs, and leases without false alarms.
+//! one-tail-per-process fan-out, unreadable raw jobs, leases without false alarms, and a chat
+//! channel's stream overlay.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,8 @@ use ducks_contract::{
     Secret, wire,
 };
 use ducks_queue::{
-    Cancelled, Consumer, EventReader, EventTail, QueueConfig, QueueError, ScopeLimits, Submitted,
+    Cancelled, Consumer, EventReader, EventTail, OverlayImage, QueueConfig, QueueError,
+    ScopeLimits, Submitted,
 };
 use ducks_tests::RedisServer;
 
@@ -949,4 +951,143 @@ async fn a_sending_budget_is_shared_by_replicas_and_never_exceeded() {
             .unwrap(),
         None
     );
+}
+
+fn overlay_image(job: &str, image: u32) -> OverlayImage {
+    OverlayImage {
+        job: job.into(),
+        url: format!("https://ducks.example/i/{job}-{image}"),
+        width: 512,
+        height: 768,
+        requester: "DuckFan".into(),
+        prompt: format!("duck {job}"),
+        model: "tiny-sd".into(),
+        at_ms: 1_718_000_000_000,
+    }
+}
+
+fn jobs_of(images: &[OverlayImage]) -> Vec<String> {
+    images.iter().map(|image| image.job.clone()).collect()
+}
+
+/// A channel's overlay (`Queue::add_to_overlay`, `Queue::overlay`): a redelivered result shows
+/// once while a job's other images show too, the newest 50 are kept, and a cursor answers what
+/// came after it, oldest first, page by page without missing one.
+#[tokio::test]
+async fn an_overlay_shows_a_redelivered_image_once_keeps_fifty_and_follows_its_cursor() {
+    let server = RedisServer::start().await;
+    let queue = queue_on(&server, config()).await;
+    let (none, start) = queue.overlay("twitch", "ducks", None, 10).await.unwrap();
+    assert!(none.is_empty());
+
+    let first = overlay_image("job-a", 0);
+    for _ in 0..3 {
+        queue
+            .add_to_overlay("twitch", "ducks", &first)
+            .await
+            .unwrap();
+    }
+    let second = overlay_image("job-a", 1);
+    queue
+        .add_to_overlay("twitch", "ducks", &second)
+        .await
+        .unwrap();
+    let (images, cursor) = queue
+        .overlay("twitch", "ducks", Some(&start), 10)
+        .await
+        .unwrap();
+    assert_eq!(images, [first.clone(), second.clone()], "each image once");
+    let (newest, newest_cursor) = queue.overlay("twitch", "ducks", None, 1).await.unwrap();
+    assert_eq!((newest, &newest_cursor), (vec![second.clone()], &cursor));
+    let (nothing, same) = queue
+        .overlay("twitch", "ducks", Some(&cursor), 10)
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+    assert_eq!(same, cursor, "nothing new keeps the cursor");
+    assert!(
+        queue
+            .overlay("twitch", "other", None, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty(),
+        "each channel has its own overlay"
+    );
+    assert!(
+        queue
+            .overlay("discord", "ducks", None, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty(),
+        "and each front end"
+    );
+
+    // 60 more: the newest 50 stay, and an image still kept is not shown again.
+    for n in 0..60 {
+        let image = overlay_image(&format!("job-{n:02}"), 0);
+        queue
+            .add_to_overlay("twitch", "ducks", &image)
+            .await
+            .unwrap();
+    }
+    queue
+        .add_to_overlay("twitch", "ducks", &overlay_image("job-59", 0))
+        .await
+        .unwrap();
+    let kept: Vec<String> = (10..60).map(|n| format!("job-{n:02}")).collect();
+    let (all, last) = queue.overlay("twitch", "ducks", None, 500).await.unwrap();
+    assert_eq!(jobs_of(&all), kept, "the newest 50, oldest first");
+    let length: usize = redis::cmd("XLEN")
+        .arg(queue.keys().overlay("twitch", "ducks"))
+        .query_async(&mut queue.connection())
+        .await
+        .unwrap();
+    assert_eq!(length, 50);
+
+    // From a cursor whose image has left: every kept image, in pages that miss none.
+    let mut paged = Vec::new();
+    let mut after = cursor;
+    loop {
+        let (page, next) = queue
+            .overlay("twitch", "ducks", Some(&after), 20)
+            .await
+            .unwrap();
+        assert!(page.len() <= 20);
+        if page.is_empty() {
+            assert_eq!(next, after);
+            break;
+        }
+        paged.extend(page);
+        after = next;
+    }
+    assert_eq!(jobs_of(&paged), kept);
+    assert_eq!(after, last);
+
+    // Forgotten a week after the last image.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(queue.keys().overlay("twitch", "ducks"))
+        .query_async(&mut queue.connection())
+        .await
+        .unwrap();
+    assert!((7 * 24 * 3600 - 60..=7 * 24 * 3600).contains(&ttl), "{ttl}");
+
+    // Names that are no channel's, and cursors that are no cursor, are refused with a reason.
+    for channel in ["", "Ducks", "ducks:*", "{main}", &"d".repeat(26)] {
+        let refused = queue
+            .add_to_overlay("twitch", channel, &first)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, QueueError::Invalid(_)), "{channel:?}");
+        assert!(refused.to_string().contains("login"), "{refused}");
+    }
+    for cursor in ["$", "+", "0", "99999999999999999999-0", "1-2-3"] {
+        let refused = queue
+            .overlay("twitch", "ducks", Some(cursor), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, QueueError::Invalid(_)), "{cursor:?}");
+        assert!(refused.to_string().contains("cursor"), "{refused}");
+    }
 }
