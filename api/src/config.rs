@@ -39,6 +39,9 @@ pub struct ApiConfig {
     pub webhook_retry_secs: u64,
     /// How long one webhook request may take.
     pub webhook_timeout_secs: u64,
+    /// How often the API reads the model catalogue in S3 and publishes it when it changed, so a
+    /// model imported while no worker runs can be used.
+    pub catalogue_refresh_secs: u64,
     /// Allow webhooks to private, loopback and link-local addresses (tests, a private network).
     /// Off by default: a client could otherwise make the API call into its own network.
     pub webhook_allow_private: bool,
@@ -61,6 +64,7 @@ impl Default for ApiConfig {
             cors_origins: String::new(),
             webhook_retry_secs: 24 * 3_600,
             webhook_timeout_secs: 10,
+            catalogue_refresh_secs: 60,
             webhook_allow_private: false,
         }
     }

@@ -3,7 +3,8 @@
 //! One call spins up the compute for that call and answers its image: `POST
 //! /v1/images/generations` (OpenAI's shape, so OpenAI clients work by changing their base URL)
 //! queues one job and waits for it; `POST /v1/jobs` answers at once and streams progress. The API
-//! touches Redis (through `ducks-queue`) and S3 only to sign links and read images; never
+//! touches Redis (through `ducks-queue`) and S3 only to sign links, read images and read model
+//! manifests; never
 //! Kubernetes. It keeps no state of its own: any number of replicas serve one queue.
 //!
 //! ## Layout
@@ -16,7 +17,8 @@
 //!   error shape), the request checks in [`openai::to_job`] and [`jobs::to_job`], and the
 //!   webhook address and signature rules in [`webhooks`].
 //! - Background work, one task each per replica: [`follow`] (usage and webhook deliveries from
-//!   the `api` event stream) and [`webhooks::Sender`].
+//!   the `api` event stream), [`webhooks::Sender`], and `upkeep` (retries back into the queue
+//!   when their backoff ends, and the model catalogue published, so neither waits for a worker).
 
 pub mod auth;
 pub mod body;
@@ -32,6 +34,7 @@ pub mod overlay;
 pub mod page;
 pub mod router;
 mod server;
+mod upkeep;
 pub mod view;
 pub mod webhooks;
 
@@ -189,6 +192,12 @@ impl RunningApi {
             metrics,
         });
         let consumer = format!("api-{}", ducks_queue::default_consumer_name("local"));
+        let upkeep = upkeep::run(
+            queue.clone(),
+            api.storage.clone(),
+            Duration::from_secs(api.config.catalogue_refresh_secs.max(1)),
+            stopped.clone(),
+        );
         let header_timeout = Duration::from_secs(api.config.header_timeout_secs.max(1));
         let app = router::router(api);
         let tasks = vec![
@@ -199,6 +208,7 @@ impl RunningApi {
                 stopped.clone(),
             )),
             tokio::spawn(follow::run(queue, consumer, stopped.clone())),
+            tokio::spawn(upkeep),
             tokio::spawn(sender.run(stopped)),
         ];
         Ok(Self {

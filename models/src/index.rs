@@ -208,4 +208,18 @@ impl ManifestIndex {
     pub fn mark_unpublished(&self) {
         self.write().unpublished = true;
     }
+
+    /// Refreshes from S3, then the snapshot to publish when something changed since the last
+    /// one was taken. A caller whose publishing fails calls [`ManifestIndex::mark_unpublished`].
+    pub async fn changed_snapshot(
+        &self,
+        storage: &Storage,
+        default_model: &str,
+        updated_at_ms: u64,
+    ) -> Result<Option<ModelCatalogue>, StorageError> {
+        self.refresh(storage).await?;
+        Ok(self
+            .take_unpublished()
+            .then(|| self.snapshot(default_model, updated_at_ms)))
+    }
 }

@@ -24,7 +24,7 @@ use ducks_contract::{EventKind, FailureCode, JobEvent, JobId, JobRequest, JobSta
 
 /// Entries handled per reclaim, renewal or completion round; far below Lua's `unpack` ceiling
 /// (about 8,000 values).
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 
 /// What a held job's worker should know between its own calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,7 +312,7 @@ impl Consumer {
         }
         let now = Instant::now();
         if now >= self.next_promote {
-            self.next_promote = now + self.promote_due().await?;
+            self.next_promote = now + self.queue.promote_due_retries().await?;
         }
         if now >= self.next_reclaim {
             let lease = self.queue.config.lease_ms;
@@ -469,29 +469,6 @@ impl Consumer {
             }
         }
         Ok(deliveries)
-    }
-
-    /// Moves due retries back into the stream; returns how long until the next one is due.
-    async fn promote_due(&self) -> Result<Duration> {
-        let block = Duration::from_millis(self.queue.config.block_ms);
-        let (_, next_due_ms): (u64, i64) = self
-            .queue
-            .with_retry(|mut conn, keys| {
-                let mut invocation = scripts::PROMOTE.prepare_invoke();
-                invocation
-                    .key(keys.delayed())
-                    .key(keys.delayed_jobs())
-                    .key(keys.jobs())
-                    .arg(BATCH)
-                    .arg(format!("{}job:", keys.prefix()))
-                    .arg(self.queue.config.status_ttl_secs);
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
-        Ok(match u64::try_from(next_due_ms) {
-            Ok(ms) => Duration::from_millis(ms).min(block),
-            Err(_) => block,
-        })
     }
 
     /// Turns a claimed entry into a delivery, or finishes it here when it must not run.

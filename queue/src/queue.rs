@@ -272,6 +272,30 @@ impl Queue {
         self.submit_limited(request, own_limits).await
     }
 
+    /// Moves retries whose backoff is over back into the jobs stream; returns how long until the
+    /// next one is due (at most `block_ms`). Workers call it as they read; the API calls it too,
+    /// so retries come back when no worker runs (a deployment scaled to zero sees them as lag).
+    pub async fn promote_due_retries(&self) -> Result<Duration> {
+        let block = Duration::from_millis(self.config.block_ms);
+        let (_, next_due_ms): (u64, i64) = self
+            .with_retry(|mut conn, keys| {
+                let mut invocation = scripts::PROMOTE.prepare_invoke();
+                invocation
+                    .key(keys.delayed())
+                    .key(keys.delayed_jobs())
+                    .key(keys.jobs())
+                    .arg(crate::consumer::BATCH)
+                    .arg(format!("{}job:", keys.prefix()))
+                    .arg(self.config.status_ttl_secs);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(match u64::try_from(next_due_ms) {
+            Ok(ms) => Duration::from_millis(ms).min(block),
+            Err(_) => block,
+        })
+    }
+
     /// The published catalogue (`None` before any worker published one), read again at most
     /// every [`CATALOGUE_CACHE`]: a bot answering a burst of commands reads it once.
     pub async fn catalogue_snapshot(&self) -> Result<Option<Arc<ModelCatalogue>>> {

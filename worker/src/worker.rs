@@ -221,13 +221,14 @@ pub async fn sync_catalogue(
     queue: &Queue,
     default_model: &str,
 ) -> Result<(), SyncError> {
-    index.refresh(storage).await?;
-    if index.take_unpublished() {
-        let snapshot = index.snapshot(default_model, ducks_queue::now_ms());
-        if let Err(e) = queue.publish_models(&snapshot).await {
-            index.mark_unpublished();
-            return Err(e.into());
-        }
+    let changed = index
+        .changed_snapshot(storage, default_model, ducks_queue::now_ms())
+        .await?;
+    if let Some(snapshot) = changed
+        && let Err(e) = queue.publish_models(&snapshot).await
+    {
+        index.mark_unpublished();
+        return Err(e.into());
     }
     Ok(())
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use ducks_models::hub::{self, Hub};
 use ducks_models::import::{ImportSpec, import_folder};
-use ducks_models::{Family, ModelManifest, Storage, bucket};
+use ducks_models::{Family, ManifestIndex, ModelManifest, Storage, bucket};
+use ducks_queue::now_ms;
 use ducks_runner::tiny;
 
 use crate::settings::Settings;
@@ -77,13 +78,46 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), crate::Err
                 None => import_folder(&storage, &PathBuf::from(source), spec).await?,
             };
             println!("Imported {} ({} files).", manifest.id, manifest.files.len());
+            publish(settings, &storage).await;
         }
         Command::CreateTiny { id } => {
             let manifest = tiny::seed(&storage, &id).await?;
             println!("Created {} ({} files).", manifest.id, manifest.files.len());
+            publish(settings, &storage).await;
         }
     }
     Ok(())
+}
+
+/// Publishes the catalogue to Redis at once, so the new model can be asked for even while no
+/// worker runs (workers scaled to zero). Without Redis the model is imported all the same: the
+/// API or a worker publishes it within its refresh interval.
+async fn publish(settings: &Settings, storage: &Storage) {
+    let published = async {
+        let queue = settings.connect_queue().await.map_err(|e| e.to_string())?;
+        let catalogue = ManifestIndex::default()
+            .changed_snapshot(storage, &settings.worker.default_model, now_ms())
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        queue
+            .publish_models(&catalogue)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<usize, String>(catalogue.models.len())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), published).await {
+        Ok(Ok(models)) => println!(
+            "Published the catalogue: {models} model{}.",
+            if models == 1 { "" } else { "s" }
+        ),
+        Ok(Err(error)) => eprintln!(
+            "note: the catalogue was not published now ({error}); the API or a worker publishes it within a minute."
+        ),
+        Err(_) => eprintln!(
+            "note: Redis did not answer within 10 s, so the catalogue was not published now; the API or a worker publishes it within a minute."
+        ),
+    }
 }
 
 /// The catalogue as an aligned text table.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ducks_models::digest::sha256_of;
 use ducks_runner::diffusion::{self, FileRole};
-use ducks_tests::{S3Server, ducks_binary};
+use ducks_tests::{RedisServer, S3Server, ducks_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,6 +31,8 @@ const CLIP_BIGG: &str = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k";
 /// An S3 server with the bucket, and a folder for the binary's working directory and TMPDIR.
 struct World {
     s3: S3Server,
+    /// Where an import publishes the catalogue (never the machine's shared Redis).
+    redis: RedisServer,
     scratch: tempfile::TempDir,
 }
 
@@ -40,7 +42,8 @@ impl World {
         s3.create_bucket(BUCKET).await;
         let scratch = tempfile::tempdir().unwrap();
         std::fs::create_dir(scratch.path().join("tmp")).unwrap();
-        Self { s3, scratch }
+        let redis = RedisServer::start().await;
+        Self { s3, redis, scratch }
     }
 
     /// Runs `ducks args…` with only the S3 settings and `HF_ENDPOINT` in its environment.
@@ -57,6 +60,7 @@ impl World {
             .env("DUCKS_S3__ACCESS_KEY_ID", self.s3.access_key())
             .env("DUCKS_S3__SECRET_ACCESS_KEY", self.s3.secret_key())
             .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .env("DUCKS_REDIS__URL", self.redis.url())
             .current_dir(self.scratch.path())
             .kill_on_drop(true);
         tokio::time::timeout(WAIT, cmd.output())
@@ -233,6 +237,22 @@ async fn a_model_imports_through_the_hub_protocol_and_is_listed() {
         );
     }
     assert!(stdout.contains("Imported tiny-hub (5 files)."), "{stdout}");
+    // No worker runs: the import itself published the catalogue, so the model can be asked for
+    // while workers are scaled to zero.
+    assert!(
+        stdout.contains("Published the catalogue: 1 model."),
+        "{stdout}"
+    );
+    let queue = crate::support::queue_on(&world.redis, crate::support::config()).await;
+    let catalogue = queue.models().await.unwrap();
+    assert_eq!(
+        catalogue
+            .models
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>(),
+        ["tiny-hub"]
+    );
 
     // Only the files tiny-sd needs were read: no fp16 copy, no look-alike folder, no extras.
     let fetched = hub.files_fetched();

@@ -11,6 +11,7 @@ mod queue;
 mod queue_api;
 mod runner;
 mod s3;
+mod scale_to_zero;
 mod support;
 mod twitch;
 mod twitch_sim;
