@@ -209,7 +209,7 @@ fn link_in(text: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn imagine_is_acknowledged_then_answered_with_a_short_link_to_the_png() {
     let world = World::with_images().await;
-    let _bot = world.bot("solo", &[]).await;
+    let bot = world.bot("solo", &[]).await;
     let ada = viewer("ada", "1001", &[]);
     let request = world.sim.say(
         CHANNEL,
@@ -265,6 +265,25 @@ async fn imagine_is_acknowledged_then_answered_with_a_short_link_to_the_png() {
     assert!(mistake.text.contains("--steps"), "{}", mistake.text);
 
     assert_lines_are_safe(&world.sim);
+    // The probes and the metrics an operator reads.
+    let ready = reqwest::get(format!("http://{}/readyz", bot.address))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = reqwest::get(format!("http://{}/metrics", bot.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"ducks_twitch_commands_total{kind="imagine"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ducks_twitch_results_total{outcome="posted"} 2"#),
+        "{metrics}"
+    );
     let logs = world.logs();
     assert!(
         logs.contains("The Twitch bot is starting"),
@@ -520,7 +539,6 @@ async fn results_survive_a_reconnect_and_a_killed_bot_and_are_posted_once() {
             .collect();
         assert_eq!(results.len(), 1, "one result for {request}: {results:?}");
     }
-    let _ = bot.address;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
