@@ -48,4 +48,7 @@ COPY --from=build /usr/local/bin/ducks /usr/local/bin/ducks
 # Matches the Job's securityContext (runAsNonRoot, runAsUser 10001, read-only root filesystem):
 # the runner writes only to its cache volume, /tmp and the termination log.
 USER 10001:10001
-ENTRYPOINT ["/usr/local/bin/ducks", "runner"]
+# The same entrypoint as docker/ducks.Dockerfile: the worker's Jobs run `ducks runner` by their
+# container args, so either image can run a runner pod (the slim one on clusters without GPUs).
+ENTRYPOINT ["/usr/local/bin/ducks"]
+CMD ["runner"]

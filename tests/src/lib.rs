@@ -18,6 +18,8 @@
 //!   watch protocol, with a Job controller and a kubelet that can run the
 //!   real runner, for the production `kube` client to talk to unchanged.
 //! - [`Browser`] is a headless Chromium driven over WebDriver, for the web page.
+//! - [`chart`] renders the Helm chart with Helm's own engine and resolves each container's
+//!   environment and mounted files as the kubelet would.
 //! - [`DiscordSim`] is a local Discord API server (REST v10 and the gateway) that the production
 //!   serenity client talks to unchanged, with payload builders for complete, current
 //!   interactions ([`discord::slash_command`] and friends) and Ed25519-signed HTTP interactions.
@@ -30,6 +32,7 @@
 //! instead of hanging the suite.
 
 mod binary;
+pub mod chart;
 mod cluster;
 pub mod discord;
 mod kube;

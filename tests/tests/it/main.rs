@@ -1,4 +1,5 @@
 mod api;
+mod chart;
 mod discord;
 mod discord_sim;
 mod docker;

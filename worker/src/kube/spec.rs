@@ -30,6 +30,8 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ducks-wor
 pub const JOB_ID_LABEL: &str = "ducks.dev/job-id";
 pub const MODEL_LABEL: &str = "ducks.dev/model";
 /// The user the runner image runs as (docker/runner.Dockerfile).
+/// What the runner container runs: `ducks runner`, the image's entrypoint being `ducks`.
+pub const RUNNER_COMMAND: &str = "runner";
 const RUNNER_UID: i64 = 10001;
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
@@ -94,6 +96,9 @@ pub fn job_for(launch: &LaunchSpec, s3: &S3Config, output_prefix: &str, kube: &K
                 .unwrap_or_else(|| kube.runner_image.clone()),
         ),
         image_pull_policy: Some(kube.image_pull_policy.clone()),
+        // Both images' entrypoint is the `ducks` binary (docker/*.Dockerfile), so a cluster
+        // without GPUs can run its runners on the slim image.
+        args: Some(vec![RUNNER_COMMAND.into()]),
         env: Some(env),
         env_from: (!kube.s3_secret.is_empty()).then(|| {
             vec![EnvFromSource {
