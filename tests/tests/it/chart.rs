@@ -963,3 +963,50 @@ fn notes_tell_the_user_what_to_do_next() {
         "{notes}"
     );
 }
+
+/// values.yaml explains every key: each key line has a comment right above it, except inside
+/// list items and `resources` (Kubernetes' own shapes, explained by the key that holds them).
+#[test]
+fn values_yaml_has_a_comment_on_every_key() {
+    let text = std::fs::read_to_string(chart::chart_dir().join("values.yaml")).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    // (indent, key, exempt) of the keys that hold the current line.
+    let mut stack: Vec<(usize, String, bool)> = Vec::new();
+    let mut uncommented = Vec::new();
+    for (number, line) in lines.iter().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let body = line.trim_start();
+        let item = body.starts_with("- ");
+        let body = body.trim_start_matches("- ");
+        let Some((key, _)) = body.split_once(':') else {
+            continue;
+        };
+        if body.starts_with('#')
+            || key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            continue;
+        }
+        while stack.last().is_some_and(|(i, _, _)| *i >= indent) {
+            stack.pop();
+        }
+        let inherited = stack.last().is_some_and(|(_, _, exempt)| *exempt);
+        let exempt = inherited || item || key == "resources";
+        let path: Vec<&str> = stack.iter().map(|(_, k, _)| k.as_str()).collect();
+        let commented = number > 0 && lines[number - 1].trim_start().starts_with('#');
+        if !commented && !inherited && !item {
+            uncommented.push(format!(
+                "line {}: {}",
+                number + 1,
+                [path, vec![key]].concat().join(".")
+            ));
+        }
+        stack.push((indent, key.to_owned(), exempt));
+    }
+    assert!(
+        uncommented.is_empty(),
+        "values.yaml keys without a comment: {uncommented:#?}"
+    );
+}
