@@ -1,5 +1,6 @@
 mod api;
 mod chart;
+mod chart_drift;
 mod discord;
 mod discord_sim;
 mod docker;
