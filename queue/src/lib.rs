@@ -19,8 +19,8 @@
 //! See docs/job-contract.md for the layout in Redis and ARCHITECTURE.md for the invariants.
 
 mod api;
-mod chat;
 pub mod backoff;
+mod chat;
 pub mod config;
 pub mod connection;
 pub mod consumer;
