@@ -49,7 +49,8 @@ pub struct TwitchConfig {
     /// How long to wait for Twitch to accept (USERSTATE) or refuse (NOTICE) a message before
     /// sending it again.
     pub confirm_within_ms: u64,
-    /// An acknowledgement still unsent after this long is dropped: the result matters more.
+    /// An acknowledgement or refusal still unsent after this long is dropped: the result matters
+    /// more, and a refusal told a minute late only adds noise to a busy chat.
     pub ack_max_age_secs: u64,
     /// Where the bot serves `/healthz`, `/readyz` and `/metrics`.
     pub listen: String,
@@ -79,7 +80,7 @@ impl Default for TwitchConfig {
             budget_limit: 20,
             budget_moderator_limit: 100,
             confirm_within_ms: 3_000,
-            ack_max_age_secs: 60,
+            ack_max_age_secs: 20,
             listen: "127.0.0.1:8092".into(),
             consumer: String::new(),
         }
