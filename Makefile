@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api bench-discord
+.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api bench-discord bench-twitch
 
 # The real clients the suite drives the API with (tests/python/requirements.txt), installed once
 # into a virtual environment the build ignores; a change of the pins installs them again.
@@ -73,3 +73,11 @@ bench-discord:
 	@scripts/ensure-tools redis
 	$(CARGO) build --release --locked -p ducks
 	$(CARGO) bench -p ducks-tests --bench discord --locked
+
+## The Twitch bot: 1,000 `!imagine` in 10 s against the chat simulator, acknowledgement latency,
+## lines per 30 s against Twitch's limit, results delivered; `ducks bots twitch` runs as the
+## release binary.
+bench-twitch:
+	@scripts/ensure-tools redis
+	$(CARGO) build --release --locked -p ducks
+	$(CARGO) bench -p ducks-tests --bench twitch --locked
