@@ -99,7 +99,7 @@ pub struct ChannelSettings {
     /// The least time between two requests in the channel. Built in: 0.
     pub channel_cooldown_secs: Option<u64>,
     /// Unfinished jobs the whole channel may have at once (a raid cannot queue a thousand);
-    /// unset: `queue.scopes` decides (built in: 20 per channel).
+    /// unset: `queue.scopes` decides (built in: 10 per channel, and 30 new ones a minute).
     pub max_jobs: Option<u32>,
     /// Comma-separated words or phrases that refuse a prompt, matched without regard to case.
     pub blocked_words: Option<String>,
