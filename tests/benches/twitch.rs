@@ -22,14 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ducks_contract::{EventKind, ImageRef, Timings};
-use ducks_queue::{Consumer, Queue, QueueConfig, RedisTarget};
+use ducks_queue::{Queue, QueueConfig, RedisTarget};
 use ducks_tests::measure::{cpu_secs, percentile, rss_mib};
 use ducks_tests::twitch::{
     DEFAULT_MODERATOR_LIMIT, DEFAULT_NORMAL_LIMIT, DEFAULT_RATE_WINDOW, REFUSED_DUPLICATE,
     REFUSED_RATELIMIT,
 };
-use ducks_tests::{RedisServer, TwitchSim, Viewer, ducks_binary};
+use ducks_tests::{RedisServer, TwitchSim, Viewer, ducks_binary, instant_worker};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
@@ -71,7 +70,12 @@ impl Stage {
             .await
             .unwrap();
         let finished = Arc::new(AtomicUsize::new(0));
-        let worker = tokio::spawn(instant_worker(queue, finished.clone()));
+        let worker = {
+            let finished = finished.clone();
+            instant_worker(queue, move |_| {
+                finished.fetch_add(1, Ordering::Relaxed);
+            })
+        };
         let home = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -157,34 +161,6 @@ impl Stage {
     async fn stop(mut self) {
         self.worker.abort();
         let _ = self.bot.kill().await;
-    }
-}
-
-/// The launcher that finishes at once: every job ends as soon as it is taken, with one image.
-async fn instant_worker(queue: Queue, finished: Arc<AtomicUsize>) {
-    let mut consumer = Consumer::new(queue, "instant")
-        .await
-        .expect("the stand-in worker joins the queue");
-    loop {
-        let batch = consumer.next_batch(64).await.expect("the queue answers");
-        for delivery in batch {
-            let id = delivery.id.to_string();
-            let image = ImageRef {
-                url: format!("http://s3.invalid/ducks/images/{id}/0.png"),
-                key: format!("images/{id}/0.png"),
-                width: 64,
-                height: 64,
-                seed: 7,
-            };
-            delivery
-                .complete(EventKind::Succeeded {
-                    images: vec![image],
-                    timings: Timings::default(),
-                })
-                .await
-                .expect("the job completes");
-            finished.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 

@@ -241,8 +241,8 @@ impl Bot {
         if imagine.prompt.trim().is_empty() {
             return Some(reply_line(user, &imagine_usage(&self.words)));
         }
-        if let Some(word) = rules.blocked_word(&imagine.prompt) {
-            let _ = word; // never repeated back into chat
+        // The word itself is never repeated back into chat.
+        if rules.blocked_word(&imagine.prompt).is_some() {
             return Some(reply_line(
                 user,
                 "that prompt uses a word this channel does not allow.",

@@ -14,7 +14,7 @@ use ducks_contract::links::LinkConfig;
 use ducks_contract::{EventKind, ImageRef, Secret, Timings};
 use ducks_queue::{Consumer, Queue};
 use ducks_tests::twitch::{Sent, TwitchSim, Viewer};
-use ducks_tests::{RedisServer, S3Server, ducks_binary};
+use ducks_tests::{RedisServer, S3Server, ducks_binary, instant_worker};
 use ducks_worker::RunningWorker;
 
 use crate::support::{
@@ -364,34 +364,6 @@ async fn channel_rules_decide_who_may_ask_and_moderators_pause() {
     assert_lines_are_safe(&world.sim);
 }
 
-/// A stand-in worker for tests about chat: finishes every job at once with an image record.
-fn instant_worker(queue: Queue, finished: Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut consumer = Consumer::new(queue, "instant").await.unwrap();
-        loop {
-            let batch = consumer.next_batch(64).await.unwrap();
-            for delivery in batch {
-                let id = delivery.id.to_string();
-                let image = ImageRef {
-                    key: format!("images/{id}/0.png"),
-                    url: format!("http://unused.invalid/{id}"),
-                    width: 64,
-                    height: 64,
-                    seed: 7,
-                };
-                delivery
-                    .complete(EventKind::Succeeded {
-                        images: vec![image],
-                        timings: Timings::default(),
-                    })
-                    .await
-                    .unwrap();
-                finished.lock().unwrap().push(id);
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_viewers_never_push_two_replicas_over_the_budget() {
     const VIEWERS: usize = 300;
@@ -409,7 +381,12 @@ async fn three_hundred_viewers_never_push_two_replicas_over_the_budget() {
     let _a = world.bot("replica-a", &settings).await;
     let _b = world.bot("replica-b", &settings).await;
     let finished = Arc::new(Mutex::new(Vec::new()));
-    let worker = instant_worker(world.queue.clone(), finished.clone());
+    let worker = {
+        let finished = finished.clone();
+        instant_worker(world.queue.clone(), move |id| {
+            finished.lock().unwrap().push(id.to_string())
+        })
+    };
 
     let logins: Vec<String> = (0..VIEWERS).map(|n| format!("viewer{n:03}")).collect();
     let ids: Vec<String> = (0..VIEWERS).map(|n| format!("{}", 30_000 + n)).collect();
@@ -556,7 +533,12 @@ async fn refused_messages_are_sent_again_and_no_text_twice_in_a_row() {
         )
         .await;
     let finished = Arc::new(Mutex::new(Vec::new()));
-    let worker = instant_worker(world.queue.clone(), finished.clone());
+    let worker = {
+        let finished = finished.clone();
+        instant_worker(world.queue.clone(), move |id| {
+            finished.lock().unwrap().push(id.to_string())
+        })
+    };
     let logins: Vec<String> = (0..6).map(|n| format!("asker{n}")).collect();
     let ids: Vec<String> = (0..6).map(|n| format!("{}", 5_000 + n)).collect();
     let requests: Vec<String> = (0..6)
