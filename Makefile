@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api bench-discord bench-twitch
+.PHONY: demo test lint bench-queue bench-runner bench-worker bench-kube bench-fanout bench-api bench-discord bench-twitch bench-cpu
 
 # The real clients the suite drives the API with (tests/python/requirements.txt), installed once
 # into a virtual environment the build ignores; a change of the pins installs them again.
@@ -16,10 +16,17 @@ $(PY_VENV)/.installed: tests/python/requirements.txt
 	touch $@
 
 ## Draws one image end to end on this machine: a redis-server child, S3 inside the process, a
-## worker with the local launcher and tiny-sd (which draws noise). Prints the link and the file.
+## worker with the local launcher. Prints the link and the file. MODEL=sd-turbo (or sdxl-turbo,
+## sd15, sd21) imports that real model from the Hugging Face hub on first use and draws with it;
+## without MODEL it draws with tiny-sd, a test model that draws noise. FEATURES=cuda draws on an
+## NVIDIA GPU.
+MODEL ?=
+FEATURES ?=
+PROMPT ?= a rubber duck flying over the clouds
 demo:
 	@scripts/ensure-tools redis
-	$(CARGO) run --release --locked -q -p ducks -- demo "a rubber duck flying over the clouds"
+	$(CARGO) run --release --locked -q -p ducks $(if $(FEATURES),--features $(FEATURES)) -- \
+		demo "$(PROMPT)" $(if $(MODEL),--model $(MODEL))
 
 ## Runs the whole suite: unit tests and the end-to-end suite against real redis-server processes.
 test: $(PY_VENV)/.installed
@@ -44,6 +51,13 @@ bench-queue:
 bench-runner:
 	$(CARGO) build --release --locked -p ducks
 	$(CARGO) bench -p ducks-tests --bench runner --locked
+
+## The real model's cost on this CPU: `ducks runner` with sd-turbo's shapes (random weights,
+## 2.6 GB written once to target/bench-weights/), seconds per step at 512x512 beside 256x256,
+## load, text encoding, VAE decode and peak RSS; about 15 minutes on 2 cores.
+bench-cpu:
+	$(CARGO) build --release --locked -p ducks
+	$(CARGO) bench -p ducks-tests --bench cpu --locked
 
 ## The worker's own overhead with an instant launcher, and its memory (see BENCHMARKS.md).
 bench-worker:

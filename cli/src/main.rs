@@ -9,6 +9,8 @@ mod follow;
 mod settings;
 mod signals;
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,11 +67,51 @@ async fn main() -> ExitCode {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let colour = log_colour(
+        format,
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Whether log lines carry colour codes: only text lines, only to a terminal (a file or a log
+/// collector would keep the codes as noise), and not when `NO_COLOR` is set to anything
+/// (<https://no-color.org>: an empty value does not count).
+fn log_colour(format: LogFormat, stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    format == LogFormat::Text && stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_for_text_on_a_terminal_without_no_color() {
+        let set = Some(OsStr::new("1"));
+        let empty = Some(OsStr::new(""));
+        for (format, terminal, no_color, colour) in [
+            (LogFormat::Text, true, None, true),
+            (LogFormat::Text, true, empty, true),
+            (LogFormat::Text, true, set, false),
+            (LogFormat::Text, true, Some(OsStr::new("0")), false),
+            (LogFormat::Text, false, None, false),
+            (LogFormat::Text, false, empty, false),
+            (LogFormat::Json, true, None, false),
+            (LogFormat::Json, false, None, false),
+        ] {
+            assert_eq!(
+                log_colour(format, terminal, no_color),
+                colour,
+                "{format:?}, terminal: {terminal}, NO_COLOR: {no_color:?}"
+            );
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! Configuration: built-in defaults, then an optional `ducks.toml`, then `DUCKS_*` environment
 //! variables where `__` separates levels (`DUCKS_QUEUE__MAX_BACKLOG=500`). `.env` in the current
-//! directory is read first, for development.
+//! directory is read first, for development. [`Origins`] remembers which layer set each key.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use config::{Config, Environment, File, FileFormat};
+use config::{Config, Environment, File, FileFormat, Source};
 use ducks_api::ApiConfig;
 use ducks_bots::discord::DiscordConfig;
 use ducks_bots::twitch::TwitchConfig;
@@ -14,10 +16,10 @@ use ducks_models::S3Config;
 use ducks_queue::{Queue, QueueConfig, QueueError, RedisTarget};
 use ducks_runner::run::RunnerConfig;
 use ducks_worker::WorkerConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `ducks` can be configured with. `.env.example` lists every key.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub redis: RedisSettings,
@@ -31,10 +33,13 @@ pub struct Settings {
     pub twitch: TwitchConfig,
     pub dev: DevSettings,
     pub log: LogSettings,
+    /// Which layer set each key; not a setting.
+    #[serde(skip)]
+    pub origins: Origins,
 }
 
 /// `ducks dev` and `ducks demo`: the whole stack on one machine.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevSettings {
     /// Everything the local stack keeps: Redis data, the S3 folder, the weight cache, runner
@@ -53,7 +58,7 @@ impl Default for DevSettings {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port/[db]`; for a cluster, seed node URLs separated by commas.
@@ -61,6 +66,9 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Talk to a Redis Cluster instead of a single server.
     pub cluster: bool,
+    /// How long `ducks submit`, `status` and `cancel` wait for Redis to answer before they give
+    /// up with one line of error (s). Services keep retrying through Redis outages.
+    pub cli_wait_secs: u64,
 }
 
 impl Default for RedisSettings {
@@ -68,6 +76,7 @@ impl Default for RedisSettings {
         Self {
             url: Secret::new("redis://127.0.0.1:6379/"),
             cluster: false,
+            cli_wait_secs: 3,
         }
     }
 }
@@ -83,7 +92,7 @@ impl RedisSettings {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -93,7 +102,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` or `json`. The level comes from `RUST_LOG` (default `info`).
@@ -105,6 +114,119 @@ pub struct LogSettings {
 #[error("Invalid configuration: {0}. See .env.example for every key and its format.")]
 pub struct SettingsError(String);
 
+/// Which layer set each key, by dotted path (`queue.lease_ms`): `ducks config` says so beside
+/// every value, and a key left to its default may behave differently from one set to the same
+/// value (`worker.listen`).
+#[derive(Clone, Debug, Default)]
+pub struct Origins {
+    /// Keys the file sets, with the file's path as found.
+    file: BTreeMap<String, String>,
+    /// Keys the environment sets, with the variable that set each.
+    env: BTreeMap<String, String>,
+    /// Variables read from `.env` rather than the process's environment.
+    dotenv: BTreeSet<String>,
+    /// Keys whose value followed from another key's, with that key.
+    derived: BTreeMap<String, &'static str>,
+}
+
+/// Where one key's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin<'a> {
+    Default,
+    File(&'a str),
+    Env { var: &'a str, dotenv: bool },
+    Derived(&'static str),
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(path) => write!(f, "from {path}"),
+            Origin::Env { var, dotenv: false } => write!(f, "from {var}"),
+            Origin::Env { var, dotenv: true } => write!(f, "from {var} in .env"),
+            Origin::Derived(key) => write!(f, "from {key}"),
+        }
+    }
+}
+
+impl Origins {
+    /// Where the key at `path`, or a key under it, got its value: the environment over the file,
+    /// the file over what follows from other keys, and that over the default.
+    pub fn of(&self, path: &str) -> Origin<'_> {
+        let sets = |key: &str| {
+            key == path
+                || key
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        if let Some((_, var)) = self.env.iter().find(|(key, _)| sets(key)) {
+            let dotenv = self.dotenv.contains(var);
+            return Origin::Env { var, dotenv };
+        }
+        if let Some((_, file)) = self.file.iter().find(|(key, _)| sets(key)) {
+            return Origin::File(file);
+        }
+        match self.derived.get(path) {
+            Some(from) => Origin::Derived(from),
+            None => Origin::Default,
+        }
+    }
+
+    /// Whether ducks.toml or the environment names the key at `path`.
+    pub fn configured(&self, path: &str) -> bool {
+        matches!(self.of(path), Origin::File(_) | Origin::Env { .. })
+    }
+
+    /// The keys each layer sets: the file's as its table's leaves, the environment's from the
+    /// variables' names as the `config` crate reads them (`DUCKS_QUEUE__LEASE_MS`).
+    fn read(
+        file: &File<config::FileSourceFile, FileFormat>,
+        env: &config::Map<String, String>,
+    ) -> Result<Self, SettingsError> {
+        let mut origins = Origins::default();
+        let table = file.collect().map_err(|e| SettingsError(e.to_string()))?;
+        file_keys("", table, &mut origins.file);
+        origins.env = env
+            .keys()
+            .filter_map(|var| {
+                let key = var
+                    .strip_prefix("DUCKS_")?
+                    .to_lowercase()
+                    .replace("__", ".");
+                Some((key, var.clone()))
+            })
+            .collect();
+        Ok(origins)
+    }
+}
+
+/// Every leaf of a file's table by dotted path, with the file it came from; an empty table is a
+/// leaf of its own.
+fn file_keys(
+    prefix: &str,
+    table: config::Map<String, config::Value>,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let origin = value
+            .origin()
+            .unwrap_or("the configuration file")
+            .to_owned();
+        match value.kind {
+            config::ValueKind::Table(table) if !table.is_empty() => file_keys(&path, table, out),
+            _ => {
+                out.insert(path, origin);
+            }
+        }
+    }
+}
+
 impl Settings {
     /// The queue these settings name.
     pub async fn connect_queue(&self) -> Result<Queue, QueueError> {
@@ -113,13 +235,19 @@ impl Settings {
 
     /// Loads the layers. `file` defaults to `ducks.toml` in the current directory, if present.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let before: BTreeSet<String> = std::env::vars().map(|(key, _)| key).collect();
         // A missing .env is normal; a malformed one is worth knowing about.
         if let Err(e) = dotenvy::dotenv()
             && !e.not_found()
         {
             return Err(SettingsError(format!(".env could not be read ({e})")));
         }
-        Self::from_sources(file, std::env::vars())
+        let mut settings = Self::from_sources(file, std::env::vars())?;
+        settings.origins.dotenv = std::env::vars()
+            .map(|(key, _)| key)
+            .filter(|key| !before.contains(key))
+            .collect();
+        Ok(settings)
     }
 
     /// The layering itself, with the environment passed in so tests need not touch the process's.
@@ -136,7 +264,8 @@ impl Settings {
             // DUCKS_CONFIG names the file (read by the argument parser), not a setting.
             .filter(|(k, _)| k.starts_with("DUCKS_") && k != "DUCKS_CONFIG")
             .collect();
-        Config::builder()
+        let origins = Origins::read(&file_source, &env)?;
+        let settings = Config::builder()
             .add_source(file_source)
             .add_source(
                 Environment::with_prefix("DUCKS")
@@ -146,16 +275,22 @@ impl Settings {
             )
             .build()
             .and_then(|c| c.try_deserialize::<Settings>())
-            .map(Settings::settled)
-            .map_err(|e| SettingsError(e.to_string()))
+            .map_err(|e| SettingsError(e.to_string()))?;
+        Ok(settings.settled(origins))
     }
 
     /// Defaults that follow from other settings: the API's public address is where permanent
-    /// image links point, unless `links.base_url` says otherwise.
-    fn settled(mut self) -> Self {
+    /// image links point, unless `links.base_url` says otherwise; the worker's probes may move
+    /// off a taken port unless someone chose their address.
+    fn settled(mut self, mut origins: Origins) -> Self {
         if self.links.base_url.is_empty() && !self.api.public_url.is_empty() {
             self.links.base_url = self.api.public_url.clone();
+            origins
+                .derived
+                .insert("links.base_url".into(), "api.public_url");
         }
+        self.worker.listen_may_move = !origins.configured("worker.listen");
+        self.origins = origins;
         self
     }
 }
@@ -281,6 +416,7 @@ mod tests {
             [
                 "DUCKS_REDIS__URL",
                 "DUCKS_REDIS__CLUSTER",
+                "DUCKS_REDIS__CLI_WAIT_SECS",
                 "DUCKS_LOG__FORMAT",
                 "DUCKS_CONFIG",
             ]

@@ -23,9 +23,9 @@ use crate::family::{Family, FileRole};
 use crate::import::{ImportError, ImportSpec, default_resources, import_folder, role_of};
 use crate::manifest::{ModelManifest, model_prefix};
 use crate::storage::{Storage, StorageError};
-use hf_hub::api::RepoInfo;
 use hf_hub::api::tokio::{Api, ApiBuilder, ApiError, ApiRepo, Progress};
 use hf_hub::{Cache, Repo, RepoType};
+use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
@@ -128,6 +128,14 @@ pub enum HubError {
         id: String,
         family: Family,
     },
+    #[error("{what} needs {needed} free in {path}, and only {free} is: {advice}.")]
+    NoRoom {
+        what: String,
+        needed: String,
+        path: String,
+        free: String,
+        advice: &'static str,
+    },
     #[error("writing {path} failed: {source}")]
     Local {
         path: String,
@@ -170,6 +178,7 @@ impl Hub {
 }
 
 /// What one import is about; every error message names some of it.
+#[derive(Clone, Copy)]
 struct Target<'a> {
     endpoint: &'a str,
     repo: &'a str,
@@ -179,15 +188,106 @@ struct Target<'a> {
     family: Family,
 }
 
+/// An import whose files are chosen and sized, with nothing downloaded yet: what [`plan`] found,
+/// so that the space it needs can be stated (and checked) first. [`fetch`] carries it out.
+pub struct Plan {
+    endpoint: String,
+    repo: String,
+    revision: String,
+    token_set: bool,
+    spec: ImportSpec,
+    /// The commit `revision` pointed at when listed: every file comes from it.
+    commit: String,
+    /// The repository's files to download, each with its size where the listing gave one.
+    files: Vec<(String, Option<u64>)>,
+    borrowed: Vec<Borrowed>,
+    api: Api,
+    /// Both the hub's cache and the model folder go in here, and are removed with it, on error
+    /// too.
+    scratch: tempfile::TempDir,
+}
+
+impl Plan {
+    /// The bytes to download, and whether the hub gave every file's size (a mirror may not).
+    pub fn download_size(&self) -> (u64, bool) {
+        let sizes = self
+            .files
+            .iter()
+            .map(|(_, size)| *size)
+            .chain(self.borrowed.iter().map(|b| b.size));
+        sizes.fold((0, true), |(total, all), size| {
+            (total + size.unwrap_or(0), all && size.is_some())
+        })
+    }
+
+    /// The folder the download is kept in until it is in the bucket.
+    pub fn download_dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            endpoint: &self.endpoint,
+            repo: &self.repo,
+            revision: &self.revision,
+            token_set: self.token_set,
+            id: &self.spec.id,
+            family: self.spec.family,
+        }
+    }
+
+    /// What is about to be downloaded, in a few lines.
+    pub fn describe(&self) -> String {
+        let (bytes, all_known) = self.download_size();
+        let size = if all_known {
+            human_size(bytes)
+        } else {
+            format!("at least {}", human_size(bytes))
+        };
+        let count = self.files.len() + self.borrowed.len();
+        let mut text = format!(
+            "Importing hf:{} at {} (commit {}): {count} files, {size} to download into {}.",
+            self.repo,
+            self.revision,
+            self.commit,
+            std::env::temp_dir().display()
+        );
+        for tokenizer in &self.borrowed {
+            let (missing, which) = match tokenizer.role {
+                FileRole::Tokenizer2 => ("tokenizer_2/tokenizer.json", "second CLIP tokenizer"),
+                _ => ("tokenizer.json", "CLIP tokenizer"),
+            };
+            text.push_str(&format!(
+                "\nThe repo has no {missing}; using the {which} from {}.",
+                tokenizer.repo
+            ));
+        }
+        text
+    }
+}
+
 /// Downloads the files `family` needs from `repo` at `revision` (default `main`) and imports them
-/// as [`import_folder`] does a folder.
+/// as [`import_folder`] does a folder, saying first what it downloads and how much.
 pub async fn import(
     storage: &Storage,
     hub: &Hub,
     repo: &str,
     revision: Option<&str>,
-    mut spec: ImportSpec,
+    spec: ImportSpec,
 ) -> Result<ModelManifest, HubError> {
+    let plan = plan(hub, repo, revision, spec).await?;
+    eprintln!("{}", plan.describe());
+    fetch(storage, plan).await
+}
+
+/// Lists `repo` at `revision` (default `main`), pins the commit and chooses the files `spec`'s
+/// family needs, with their sizes. Nothing is downloaded.
+pub async fn plan(
+    hub: &Hub,
+    repo: &str,
+    revision: Option<&str>,
+    spec: ImportSpec,
+) -> Result<Plan, HubError> {
     check_repo_id(repo)?;
     let revision = revision.unwrap_or("main");
     check_revision(revision)?;
@@ -199,7 +299,6 @@ pub async fn import(
         id: &spec.id,
         family: spec.family,
     };
-    // Both the hub's cache and the model folder go in here, and are removed with it, on error too.
     let scratch = tempfile::Builder::new()
         .prefix("ducks-hub-")
         .tempdir()
@@ -219,9 +318,9 @@ pub async fn import(
             other => HubError::Client(other.to_string()),
         })?;
 
-    let info = listing(&api, &target).await?;
+    let listed = listing(&api, &target).await?;
     let selection = select(
-        info.siblings.iter().map(|s| s.rfilename.as_str()),
+        listed.siblings.iter().map(|s| s.rfilename.as_str()),
         spec.family,
     )
     .map_err(|missing| target.incomplete(&missing))?;
@@ -229,41 +328,65 @@ pub async fn import(
     for &(role, source) in &selection.borrowed {
         borrowed.push(tokenizer_source(&api, &target, role, source).await?);
     }
-    println!(
-        "Importing hf:{repo} at {revision} (commit {}): {} files.",
-        info.sha,
-        selection.files.len()
-    );
-    for tokenizer in &borrowed {
-        let (missing, which) = match tokenizer.role {
-            FileRole::Tokenizer2 => ("tokenizer_2/tokenizer.json", "second CLIP tokenizer"),
-            _ => ("tokenizer.json", "CLIP tokenizer"),
-        };
-        println!(
-            "The repo has no {missing}; using the {which} from {}.",
-            tokenizer.repo
-        );
+    let files = selection
+        .files
+        .into_iter()
+        .map(|file| {
+            let size = listed.size_of(&file);
+            (file, size)
+        })
+        .collect();
+    Ok(Plan {
+        endpoint: hub.endpoint.clone(),
+        repo: repo.into(),
+        revision: revision.into(),
+        token_set: hub.token.is_some(),
+        spec,
+        commit: listed.sha,
+        files,
+        borrowed,
+        api,
+        scratch,
+    })
+}
+
+/// Downloads what `plan` chose, with a progress bar on a terminal, and imports it into the
+/// bucket. Refuses at once when the download folder has not the room the listing asks for.
+pub async fn fetch(storage: &Storage, plan: Plan) -> Result<ModelManifest, HubError> {
+    let (bytes, _) = plan.download_size();
+    let temp = std::env::temp_dir();
+    if let Some(free) = free_space(plan.download_dir())
+        && free < bytes
+    {
+        return Err(HubError::NoRoom {
+            what: "The download".into(),
+            needed: human_size(bytes),
+            path: temp.display().to_string(),
+            free: human_size(free),
+            advice: "free some space, or set TMPDIR to a folder with room",
+        });
     }
     // Gigabytes are not worth fetching for a bucket that cannot take them.
-    storage.list(&model_prefix(&spec.id)).await?;
+    storage.list(&model_prefix(&plan.spec.id)).await?;
 
-    let pinned = api.repo(Repo::with_revision(
-        repo.to_string(),
+    let target = plan.target();
+    let pinned = plan.api.repo(Repo::with_revision(
+        plan.repo.clone(),
         RepoType::Model,
-        info.sha.clone(),
+        plan.commit.clone(),
     ));
-    let folder = scratch.path().join("model");
-    for pick in &selection.files {
+    let folder = plan.scratch.path().join("model");
+    for (pick, _) in &plan.files {
         let pointer = download(&pinned, pick, pick, &target).await?;
         place(&pointer, &folder.join(pick))?;
     }
-    for tokenizer in &borrowed {
+    for tokenizer in &plan.borrowed {
         let clip = Target {
             repo: tokenizer.repo,
             revision: &tokenizer.sha,
             ..target
         };
-        let pinned = api.repo(Repo::with_revision(
+        let pinned = plan.api.repo(Repo::with_revision(
             tokenizer.repo.to_string(),
             RepoType::Model,
             tokenizer.sha.clone(),
@@ -273,12 +396,13 @@ pub async fn import(
         place(&pointer, &folder.join(tokenizer.destination()))?;
     }
 
+    let mut spec = plan.spec.clone();
     if spec.description.is_none() {
         let mut description = format!(
-            "{} model imported from hf:{repo} at commit {}",
-            spec.family, info.sha
+            "{} model imported from hf:{} at commit {}",
+            spec.family, plan.repo, plan.commit
         );
-        for tokenizer in &borrowed {
+        for tokenizer in &plan.borrowed {
             description.push_str(&format!(
                 ", {} from hf:{} at commit {}",
                 tokenizer.role, tokenizer.repo, tokenizer.sha
@@ -289,11 +413,19 @@ pub async fn import(
     Ok(import_folder(storage, &folder, spec).await?)
 }
 
+/// The bytes free to this user on the file system holding `path`, where the system says.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// A tokenizer taken from a CLIP repository, pinned to the commit its listing showed.
 struct Borrowed {
     role: FileRole,
     repo: &'static str,
     sha: String,
+    /// Its tokenizer.json's size, where the listing gave one.
+    size: Option<u64>,
 }
 
 impl Borrowed {
@@ -345,6 +477,7 @@ async fn tokenizer_source(
     Ok(Borrowed {
         role,
         repo: source,
+        size: info.size_of(TOKENIZER_FILE),
         sha: info.sha,
     })
 }
@@ -361,6 +494,7 @@ async fn download(
     let reporter = Reporter {
         file: label.to_string(),
         activity: activity.clone(),
+        bar: None,
     };
     until_stalled(
         &activity,
@@ -375,8 +509,32 @@ async fn download(
     .map_err(|e| target.download_error(file, e))
 }
 
-/// The repository's files at `revision`, with the commit it points at.
-async fn listing(api: &Api, target: &Target<'_>) -> Result<RepoInfo, HubError> {
+/// A repository's files at one commit, as the hub lists them with `blobs=true`.
+#[derive(serde::Deserialize)]
+struct Listing {
+    sha: String,
+    siblings: Vec<Sibling>,
+}
+
+#[derive(serde::Deserialize)]
+struct Sibling {
+    rfilename: String,
+    /// Given with `blobs=true`; a mirror may leave it out.
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+impl Listing {
+    fn size_of(&self, file: &str) -> Option<u64> {
+        self.siblings
+            .iter()
+            .find(|s| s.rfilename == file)
+            .and_then(|s| s.size)
+    }
+}
+
+/// The repository's files at `revision`, with their sizes and the commit it points at.
+async fn listing(api: &Api, target: &Target<'_>) -> Result<Listing, HubError> {
     let what = format!("the listing of `{}`", target.repo);
     let request = api
         .repo(Repo::with_revision(
@@ -385,6 +543,7 @@ async fn listing(api: &Api, target: &Target<'_>) -> Result<RepoInfo, HubError> {
             target.revision.to_string(),
         ))
         .info_request()
+        .query(&[("blobs", "true")])
         .timeout(LISTING_TIMEOUT);
     let response = request
         .send()
@@ -411,7 +570,7 @@ async fn listing(api: &Api, target: &Target<'_>) -> Result<RepoInfo, HubError> {
         .bytes()
         .await
         .map_err(|e| target.request_error(&what, &e))?;
-    let info: RepoInfo = serde_json::from_slice(&body).map_err(|e| target.protocol(&what, &e))?;
+    let info: Listing = serde_json::from_slice(&body).map_err(|e| target.protocol(&what, &e))?;
     // The commit becomes part of URLs and of paths in the hub's cache.
     if info.sha.is_empty() || !info.sha.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(target.protocol(&what, &format!("commit `{}`", info.sha)));
@@ -751,27 +910,45 @@ async fn until_stalled<T>(
     }
 }
 
-/// Prints each file as its download starts, and feeds the watchdog as bytes arrive.
+/// Prints each file as its download starts, draws its progress bar (on a terminal only: indicatif
+/// draws nothing into pipes and files), and feeds the watchdog as bytes arrive.
 #[derive(Clone)]
 struct Reporter {
     file: String,
     activity: Activity,
+    /// Made when the size is known; the clones hf-hub makes for parallel ranges share it.
+    bar: Option<ProgressBar>,
 }
 
 impl Progress for Reporter {
     async fn init(&mut self, size: usize, _filename: &str) {
         self.activity.touch();
-        println!("Downloading {} ({}).", self.file, human_size(size as u64));
+        eprintln!("Downloading {} ({}).", self.file, human_size(size as u64));
+        let bar = ProgressBar::new(size as u64);
+        if let Ok(style) = ProgressStyle::with_template(
+            "  [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  {eta} left",
+        ) {
+            bar.set_style(style.progress_chars("#>-"));
+        }
+        self.bar = Some(bar);
     }
 
-    async fn update(&mut self, _size: usize) {
+    async fn update(&mut self, size: usize) {
         self.activity.touch();
+        if let Some(bar) = &self.bar {
+            bar.inc(size as u64);
+        }
     }
 
-    async fn finish(&mut self) {}
+    async fn finish(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
-fn human_size(bytes: u64) -> String {
+/// Bytes as people read them: 2.6 GB, 340.0 MB.
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
     if bytes < 1000 {
         return format!("{bytes} B");

@@ -28,6 +28,7 @@ pub enum ImportError {
 }
 
 /// What to call the model and how to describe it; the rest comes from the family's defaults.
+#[derive(Clone, Debug)]
 pub struct ImportSpec {
     pub id: String,
     pub family: Family,

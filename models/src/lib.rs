@@ -12,8 +12,9 @@
 //!   [`index`] (`ManifestIndex`: the manifests kept fresh cheaply, and the snapshot front ends
 //!   read), [`links`] (the links images get: permanent, CDN or presigned).
 //! - [`import`] (a model folder into the bucket), `hub` (feature `hub`: from the Hugging Face
-//!   hub), `embedded_s3` (feature `embedded-s3`: an S3 server in the process, for `ducks dev` and
-//!   the tests).
+//!   hub), [`known`] (the real models `ducks demo --model <id>` fetches by a short id, pure),
+//!   `embedded_s3` (feature `embedded-s3`: an S3 server in the process, for `ducks dev` and the
+//!   tests).
 
 pub mod bucket;
 pub mod digest;
@@ -24,6 +25,7 @@ pub mod family;
 pub mod hub;
 pub mod import;
 pub mod index;
+pub mod known;
 pub mod links;
 pub mod manifest;
 pub mod params;

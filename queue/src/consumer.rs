@@ -243,7 +243,8 @@ impl Consumer {
     pub async fn new(queue: Queue, name: impl Into<String>) -> Result<Self> {
         let block = Duration::from_millis(queue.config.block_ms);
         let blocking =
-            crate::queue::retry_transient(|| queue.target.connect_blocking(block)).await?;
+            crate::queue::retry_transient(queue.patience, || queue.target.connect_blocking(block))
+                .await?;
         let held = Arc::new(Held::default());
         let name: Arc<str> = name.into().into();
         let prefetch = Arc::new(Prefetch::default());

@@ -52,6 +52,14 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
 }
 
+impl QueueError {
+    /// Whether Redis could not be reached or did not answer (as opposed to answering with an
+    /// error): what a person fixes by starting Redis or pointing at the right one.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, QueueError::Redis(e) if crate::connection::is_transient(e))
+    }
+}
+
 /// Whole seconds to wait, rounded up and at least one.
 fn seconds(wait: Duration) -> u64 {
     wait.as_millis().div_ceil(1000).max(1) as u64

@@ -72,7 +72,8 @@ impl EventReader {
         consumer: &str,
     ) -> Result<Self> {
         let block = Duration::from_millis(queue.config.block_ms);
-        let blocking = retry_transient(|| queue.target.connect_blocking(block)).await?;
+        let blocking =
+            retry_transient(queue.patience, || queue.target.connect_blocking(block)).await?;
         let reader = Self {
             queue: queue.clone(),
             blocking,
@@ -89,7 +90,10 @@ impl EventReader {
 
     async fn create_group(&self) -> Result<()> {
         let conn = self.queue.connection();
-        retry_transient(|| create_group(conn.clone(), &self.stream, &self.group)).await?;
+        retry_transient(self.queue.patience, || {
+            create_group(conn.clone(), &self.stream, &self.group)
+        })
+        .await?;
         Ok(())
     }
 

@@ -41,6 +41,6 @@ pub use consumer::{Completion, Consumer, Delivery, FailResult, Signal, default_c
 pub use error::{QueueError, Result};
 pub use events::{EventEntry, EventReader};
 pub use overlay::OverlayImage;
-pub use queue::{Cancelled, Queue, Submitted, now_ms};
+pub use queue::{Cancelled, Patience, Queue, Submitted, now_ms};
 pub use reply::{EditTurn, Reply};
 pub use tail::{EventTail, JobWatch};

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Value};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::connection::{Connection, RedisTarget, is_missing_group, is_transient};
 use crate::keys::{Keys, WORKER_GROUP};
@@ -15,7 +15,8 @@ use ducks_contract::{
     Caller, EventKind, JobEvent, JobId, JobRequest, JobState, JobStatus, ModelCatalogue, wire,
 };
 
-/// How long an operation keeps retrying through connection trouble (a Redis restart, a failover).
+/// How long a service's operation keeps retrying through connection trouble (a Redis restart, a
+/// failover).
 const RETRY_BUDGET: Duration = Duration::from_secs(30);
 /// How long `submit_checked` trusts the catalogue snapshot it read last.
 const CATALOGUE_CACHE: Duration = Duration::from_secs(2);
@@ -55,6 +56,28 @@ pub enum Cancelled {
     AlreadyEnded(JobState),
 }
 
+/// How a queue handle rides out connection trouble: a Redis that is down, restarting or failing
+/// over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// Services (workers, the API, the bots): each operation retries for 30 s, and every retry is
+    /// logged as a warning.
+    Service,
+    /// A command a person waits on (`ducks submit`, `status`, `cancel`): connecting, and then each
+    /// operation, gives up after this long; retries are logged at debug level only, so the one
+    /// error at the end is all the person reads.
+    Command(Duration),
+}
+
+impl Patience {
+    fn budget(self) -> Duration {
+        match self {
+            Patience::Service => RETRY_BUDGET,
+            Patience::Command(wait) => wait,
+        }
+    }
+}
+
 /// A handle on one queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -62,22 +85,50 @@ pub struct Queue {
     pub(crate) target: RedisTarget,
     pub(crate) keys: Keys,
     pub(crate) config: Arc<QueueConfig>,
+    pub(crate) patience: Patience,
     catalogue_cache: CatalogueCache,
 }
 
 impl Queue {
-    /// Connects and makes sure the worker group exists.
+    /// Connects with a service's patience and makes sure the worker group exists.
     pub async fn connect(target: RedisTarget, config: QueueConfig) -> Result<Self> {
-        let conn = retry_transient(|| target.connect()).await?;
-        let queue = Self {
-            conn,
-            target,
-            keys: Keys::new(&config.name),
-            config: Arc::new(config),
-            catalogue_cache: CatalogueCache::default(),
+        Self::connect_with(target, config, Patience::Service).await
+    }
+
+    /// Connects and makes sure the worker group exists, retrying as `patience` says. With
+    /// [`Patience::Command`], a Redis that does not answer within the wait is an error (one that
+    /// [`QueueError::is_unreachable`]), whatever the client's own reconnection attempts take.
+    pub async fn connect_with(
+        target: RedisTarget,
+        config: QueueConfig,
+        patience: Patience,
+    ) -> Result<Self> {
+        let connect = async {
+            let conn = retry_transient(patience, || target.connect()).await?;
+            let queue = Self {
+                conn,
+                target: target.clone(),
+                keys: Keys::new(&config.name),
+                config: Arc::new(config),
+                patience,
+                catalogue_cache: CatalogueCache::default(),
+            };
+            queue.ensure_group().await?;
+            Ok(queue)
         };
-        queue.ensure_group().await?;
-        Ok(queue)
+        match patience {
+            Patience::Service => connect.await,
+            Patience::Command(wait) => {
+                tokio::time::timeout(wait, connect)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(QueueError::Redis(RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer within {wait:?}"),
+                        ))))
+                    })
+            }
+        }
     }
 
     pub fn config(&self) -> &QueueConfig {
@@ -95,17 +146,21 @@ impl Queue {
 
     pub(crate) async fn ensure_group(&self) -> Result<()> {
         let jobs = self.keys.jobs();
-        Ok(retry_transient(|| create_group(self.conn.clone(), &jobs, WORKER_GROUP)).await?)
+        Ok(retry_transient(self.patience, || {
+            create_group(self.conn.clone(), &jobs, WORKER_GROUP)
+        })
+        .await?)
     }
 
-    /// Runs `op` on a clone of the connection, retrying transient errors within [`RETRY_BUDGET`]
-    /// and creating the worker group again if Redis lost it (a restart without persistence).
+    /// Runs `op` on a clone of the connection, retrying transient errors within the handle's
+    /// [`Patience`] and creating the worker group again if Redis lost it (a restart without
+    /// persistence).
     pub(crate) async fn with_retry<T, F, Fut>(&self, op: F) -> redis::RedisResult<T>
     where
         F: Fn(Connection, Keys) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        retry_transient(|| async {
+        retry_transient(self.patience, || async {
             match op(self.conn.clone(), self.keys.clone()).await {
                 Err(e) if is_missing_group(&e) => {
                     warn!(message = "The worker group is missing; creating it again.", error = %e);
@@ -531,8 +586,11 @@ pub(crate) async fn create_group(
     }
 }
 
-/// Retries `op` on transient errors with a doubling pause, for at most [`RETRY_BUDGET`].
-pub(crate) async fn retry_transient<T, F, Fut>(mut op: F) -> redis::RedisResult<T>
+/// Retries `op` on transient errors with a doubling pause, for at most `patience`'s budget.
+pub(crate) async fn retry_transient<T, F, Fut>(
+    patience: Patience,
+    mut op: F,
+) -> redis::RedisResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
@@ -541,8 +599,16 @@ where
     let mut pause = Duration::from_millis(20);
     loop {
         match op().await {
-            Err(e) if is_transient(&e) && started.elapsed() < RETRY_BUDGET => {
-                warn!(message = "Redis is unavailable; retrying.", error = %e, pause_ms = pause.as_millis() as u64);
+            Err(e) if is_transient(&e) && started.elapsed() < patience.budget() => {
+                let pause_ms = pause.as_millis() as u64;
+                match patience {
+                    Patience::Service => {
+                        warn!(message = "Redis is unavailable; retrying.", error = %e, pause_ms);
+                    }
+                    Patience::Command(_) => {
+                        debug!(message = "Redis is unavailable; retrying.", error = %e, pause_ms);
+                    }
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }

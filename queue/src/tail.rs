@@ -87,7 +87,8 @@ impl EventTail {
     /// Starts reading `origin_kind`'s events from now on.
     pub async fn start(queue: &Queue, origin_kind: &str) -> Result<Self> {
         let block = Duration::from_millis(queue.config.block_ms);
-        let mut blocking = retry_transient(|| queue.target.connect_blocking(block)).await?;
+        let mut blocking =
+            retry_transient(queue.patience, || queue.target.connect_blocking(block)).await?;
         let stream = queue.keys.events(origin_kind);
         let newest: Vec<(String, Vec<(String, String)>)> = queue
             .with_retry(|mut conn, _| {

@@ -27,6 +27,9 @@
 //!   twitch-irc client reaches through [`twitch::LocalTransport`], with Twitch's message rules
 //!   (500 characters, duplicates, 20/100 per 30 s) and simulated viewers.
 //!
+//! - [`stderr_on_terminal`] runs a command with its stderr on a pseudo-terminal, for output
+//!   that depends on one (progress bars, colour).
+//!
 //! Every wait in here polls with a deadline and panics with the tail of the
 //! server's log, so a broken environment fails fast and explains itself
 //! instead of hanging the suite.
@@ -41,6 +44,7 @@ pub mod measure;
 mod s3;
 mod server;
 mod support;
+mod terminal;
 pub mod twitch;
 mod webdriver;
 
@@ -51,5 +55,6 @@ pub use discord::{Actor, DiscordSim, InteractionPayload};
 pub use instant::instant_worker;
 pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};
+pub use terminal::{OnTerminal, stderr_on_terminal};
 pub use twitch::{TwitchSim, Viewer};
 pub use webdriver::Browser;

@@ -32,6 +32,12 @@ pub struct WorkerConfig {
     pub sweep_interval_secs: u64,
     /// Address of `/healthz`, `/readyz` and `/metrics`; empty serves nothing.
     pub listen: String,
+    /// Whether `listen` is only the built-in default, so that when its port is taken (a second
+    /// worker on this machine) the probes move to a free port of the same host instead of the
+    /// worker refusing to start. Not a setting: `ducks` sets it when neither ducks.toml nor the
+    /// environment names `worker.listen`; an address someone chose is kept or refused.
+    #[serde(skip)]
+    pub listen_may_move: bool,
     /// Where runners run: `local` (child processes of the worker) or `kubernetes` (one Job each).
     pub launcher: LauncherKind,
     pub local: LocalConfig,
@@ -62,6 +68,7 @@ impl Default for WorkerConfig {
             cancel_grace_secs: 10,
             sweep_interval_secs: 60,
             listen: "127.0.0.1:9464".into(),
+            listen_may_move: false,
             launcher: LauncherKind::Local,
             local: LocalConfig::default(),
             kubernetes: KubeConfig::default(),

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ducks_contract::{
-    EventKind, FailureCode, ImageRef, JobPhase, Line, RunResult, RunnerJob, Timings,
+    EventKind, FailureCode, ImageRef, JobId, JobPhase, Line, RunResult, RunnerJob, Timings,
     unknown_model_message,
 };
 use ducks_models::params::resolve;
 use ducks_models::{Lookup, ManifestIndex, Storage};
-use ducks_queue::{Delivery, FailResult, Signal, now_ms};
+use ducks_queue::{Completion, Delivery, FailResult, Signal, now_ms};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -19,6 +19,7 @@ use crate::launcher::{LaunchError, LaunchSpec, Launcher, Update};
 use crate::metrics::Metrics;
 use crate::outcome::{JobFailure, Outcome};
 use crate::sizing::compute_for;
+use crate::worker::LeftRunners;
 use ducks_models::links::Links;
 
 /// What every job task shares.
@@ -33,18 +34,47 @@ pub struct Context<L> {
 
 /// How long a stopped runner may take to report its end before the job is finished anyway.
 const STOP_LIMIT: Duration = Duration::from_secs(30);
+/// Beyond the cancel grace (after which a runner is killed), how long a runner stopped at
+/// shutdown may take to be seen gone.
+const LEAVE_STOP_MARGIN: Duration = Duration::from_secs(2);
 
-/// Runs one delivery to its end. `leave` turns true when the worker shuts down and its grace
-/// period is over: the job is then given back unfinished, its runner left running for the next
-/// worker to adopt.
+/// What became of a job this worker ran: the worker reports it for each job that was running
+/// when it was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobEnd {
+    /// Its end is recorded: `succeeded`, `failed` or `cancelled`.
+    Ended(&'static str),
+    /// This attempt failed and a retry is queued.
+    Retrying,
+    /// Given back to the queue unfinished at shutdown. Its runner was stopped (the next worker
+    /// starts it again) or left running (the next worker adopts it).
+    HandedBack { runner_stopped: bool },
+    /// Another worker holds the job now.
+    TakenOver,
+    /// Nothing could be recorded (Redis did not answer, or the job did not hand itself back in
+    /// time): it returns to the queue when its lease runs out.
+    ReturnsAfterLease,
+}
+
+impl JobEnd {
+    /// Whether the job's end, or its retry, is written: only then may its launch be forgotten.
+    fn is_recorded(self) -> bool {
+        matches!(self, JobEnd::Ended(_) | JobEnd::Retrying)
+    }
+}
+
+/// Runs one delivery to its end. `leave` is set when the worker shuts down and its grace period
+/// is over: the job is then given back unfinished, its runner left running for the next worker
+/// to adopt or stopped, as the value says.
 pub async fn run<L: Launcher>(
     ctx: Arc<Context<L>>,
     delivery: Delivery,
-    leave: watch::Receiver<bool>,
-) {
+    leave: watch::Receiver<Option<LeftRunners>>,
+) -> (JobId, JobEnd) {
+    let id = delivery.id.clone();
     let span = info_span!("job", job_id = %delivery.id, attempt = delivery.attempt);
     ctx.metrics.in_flight.inc();
-    Job {
+    let end = Job {
         ctx: ctx.clone(),
         delivery,
         leave,
@@ -53,12 +83,13 @@ pub async fn run<L: Launcher>(
     .instrument(span)
     .await;
     ctx.metrics.in_flight.dec();
+    (id, end)
 }
 
 struct Job<L> {
     ctx: Arc<Context<L>>,
     delivery: Delivery,
-    leave: watch::Receiver<bool>,
+    leave: watch::Receiver<Option<LeftRunners>>,
 }
 
 /// How the following of a launch ended.
@@ -68,9 +99,11 @@ enum Followed {
     TimedOut,
     /// Another worker holds the job now: let go, finish nothing.
     LetGo,
-    /// The worker is shutting down: give the job back unfinished and leave its runner running
-    /// for the next worker to adopt.
-    Leave,
+    /// The worker is shutting down: give the job back unfinished, its runner stopped (it has
+    /// exited) or left running for the next worker to adopt.
+    Leave {
+        runner_stopped: bool,
+    },
 }
 
 /// What woke the follow loop.
@@ -82,7 +115,7 @@ enum Woke {
 }
 
 impl<L: Launcher> Job<L> {
-    async fn run(mut self) {
+    async fn run(mut self) -> JobEnd {
         let taken_ms = now_ms();
         let submitted_ms = self.delivery.job.submitted_at_ms.unwrap_or(taken_ms);
         let queue_ms = taken_ms.saturating_sub(submitted_ms);
@@ -129,7 +162,7 @@ impl<L: Launcher> Job<L> {
         match self.delivery.signal() {
             Signal::Running => {}
             Signal::CancelRequested => return self.cancel_before_launch().await,
-            Signal::Lost | Signal::Duplicate => return,
+            Signal::Lost | Signal::Duplicate => return JobEnd::TakenOver,
         }
 
         // Settle the model and the seed, so a retry or an adopted runner draws the same image.
@@ -160,16 +193,16 @@ impl<L: Launcher> Job<L> {
         match self.delivery.publish(starting).await {
             Ok(Signal::CancelRequested) => return self.cancel_before_launch().await,
             // Another worker holds the job now: it launches (or adopts), not this one.
-            Ok(Signal::Lost) => return,
+            Ok(Signal::Lost) => return JobEnd::TakenOver,
             // A second entry for a job id that has its own life: it never runs.
             Ok(Signal::Duplicate) => {
                 info!(message = "Set aside a second entry for a job id that is already taken.");
-                return;
+                return JobEnd::TakenOver;
             }
             Ok(Signal::Running) => {}
             Err(e) => {
                 warn!(message = "Could not record that the job is starting; it comes back after its lease.", error = %e);
-                return;
+                return JobEnd::ReturnsAfterLease;
             }
         }
 
@@ -205,14 +238,25 @@ impl<L: Launcher> Job<L> {
             .gpu_seconds
             .inc_by(compute.gpus as f64 * held.as_secs_f64());
         let job_id = self.delivery.id.clone();
-        let written = match followed {
-            Followed::LetGo => false,
-            Followed::Leave => {
-                info!(message = "Shutting down: left the job and its runner to another worker.");
-                if let Err(e) = self.delivery.abandon().await {
-                    warn!(message = "Could not give the job back; it returns after its lease.", error = %e);
+        let end = match followed {
+            Followed::LetGo => JobEnd::TakenOver,
+            Followed::Leave { runner_stopped } => {
+                if runner_stopped {
+                    // The runner is gone: its folder or Job must not be adopted as if it ran.
+                    ctx.launcher.release(&job_id).await;
+                    info!(message = "Shutting down: stopped the runner and gave the job back.");
+                } else {
+                    info!(
+                        message = "Shutting down: left the job and its runner to another worker."
+                    );
                 }
-                false
+                match self.delivery.abandon().await {
+                    Ok(()) => JobEnd::HandedBack { runner_stopped },
+                    Err(e) => {
+                        warn!(message = "Could not give the job back; it returns after its lease.", error = %e);
+                        JobEnd::ReturnsAfterLease
+                    }
+                }
             }
             Followed::TimedOut => {
                 let message = format!(
@@ -257,22 +301,25 @@ impl<L: Launcher> Job<L> {
             }
         };
         // Until the job's end is written, the next worker may still need the runner's result.
-        if written {
+        if end.is_recorded() {
             ctx.launcher.release(&job_id).await;
         }
+        end
     }
 
     /// A job cancelled before this worker launched anything: a runner an earlier worker left
     /// running for it is stopped too.
-    async fn cancel_before_launch(self) {
+    async fn cancel_before_launch(self) -> JobEnd {
         let ctx = self.ctx.clone();
         let job_id = self.delivery.id.clone();
         if let Err(e) = ctx.launcher.cancel(&job_id).await {
             warn!(message = "Could not stop the job's runner.", error = %e);
         }
-        if self.finish(EventKind::Cancelled, "cancelled", "").await {
+        let end = self.finish(EventKind::Cancelled, "cancelled", "").await;
+        if end.is_recorded() {
             ctx.launcher.release(&job_id).await;
         }
+        end
     }
 
     /// Relays the launch's updates until it ends, the job is cancelled, the deadline passes, or
@@ -299,7 +346,7 @@ impl<L: Launcher> Job<L> {
                 signal = self.delivery.interrupted(), if stopping.is_none() => Woke::Interrupted(signal),
                 // An error means the worker is gone; that branch is then disabled.
                 // While a runner is being stopped, the stop (bounded) finishes first.
-                Ok(_) = self.leave.wait_for(|leave| *leave), if stopping.is_none() => Woke::Leave,
+                Ok(_) = self.leave.wait_for(Option::is_some), if stopping.is_none() => Woke::Leave,
                 _ = &mut deadline, if stopping.is_none() => Woke::Deadline,
                 _ = tokio::time::sleep(STOP_LIMIT), if stopping.is_some() => continue,
             };
@@ -310,7 +357,14 @@ impl<L: Launcher> Job<L> {
                     continue;
                 }
                 Woke::Interrupted(_) => return Followed::LetGo,
-                Woke::Leave => return Followed::Leave,
+                Woke::Leave => {
+                    let runners = *self.leave.borrow();
+                    let runner_stopped = match runners {
+                        Some(LeftRunners::Stop) => self.stop_to_leave(&mut updates).await,
+                        _ => false,
+                    };
+                    return Followed::Leave { runner_stopped };
+                }
                 Woke::Deadline => {
                     self.stop(&mut stopping, true).await;
                     continue;
@@ -365,6 +419,32 @@ impl<L: Launcher> Job<L> {
         }
     }
 
+    /// Stops the runner of a job the worker is leaving, and waits until it has exited (it is
+    /// killed after the cancel grace). False when it could not be stopped or was not seen to end.
+    async fn stop_to_leave(&mut self, updates: &mut tokio::sync::mpsc::Receiver<Update>) -> bool {
+        info!(message = "Shutting down: stopping the runner.");
+        if let Err(e) = self.ctx.launcher.cancel(&self.delivery.id).await {
+            warn!(message = "Could not stop the runner; leaving it running.", error = %e);
+            return false;
+        }
+        let ended = async {
+            while let Some(update) = updates.recv().await {
+                if matches!(update, Update::Finished(_)) {
+                    return true;
+                }
+            }
+            false
+        };
+        let limit = self.ctx.config.cancel_grace() + LEAVE_STOP_MARGIN;
+        match tokio::time::timeout(limit, ended).await {
+            Ok(true) => true,
+            _ => {
+                warn!(message = "The runner was not seen to stop; leaving it as it is.");
+                false
+            }
+        }
+    }
+
     async fn stop(&mut self, stopping: &mut Option<(Instant, bool)>, timed_out: bool) {
         info!(message = "Stopping the runner.", timed_out);
         *stopping = Some((Instant::now(), timed_out));
@@ -413,26 +493,27 @@ impl<L: Launcher> Job<L> {
         Ok(images)
     }
 
-    /// Writes the terminal event; true when the job's end is recorded (by this call or before).
-    async fn finish(self, kind: EventKind, outcome: &'static str, code: &'static str) -> bool {
+    /// Writes the terminal event; [`JobEnd::Ended`] when the job's end is recorded (by this call
+    /// or before).
+    async fn finish(self, kind: EventKind, outcome: &'static str, code: &'static str) -> JobEnd {
         self.ctx.metrics.count_job(outcome, code);
         match self.delivery.complete(kind).await {
-            Ok(done) => done.recorded(),
+            Ok(done) => ended(outcome, done),
             Err(e) => {
                 warn!(message = "Could not publish the job's end; it will run again.", error = %e);
-                false
+                JobEnd::ReturnsAfterLease
             }
         }
     }
 
     /// Fails the job before anything was launched for it: nothing to release.
-    async fn reject(self, failure: JobFailure) {
-        self.fail(failure).await;
+    async fn reject(self, failure: JobFailure) -> JobEnd {
+        self.fail(failure).await
     }
 
-    /// Ends this attempt with `failure`; true when that is recorded (a retry is queued or the
-    /// job's end is written).
-    async fn fail(self, failure: JobFailure) -> bool {
+    /// Ends this attempt with `failure`: recorded when a retry is queued or the job's end is
+    /// written.
+    async fn fail(self, failure: JobFailure) -> JobEnd {
         let code = failure.code.as_str();
         info!(message = "The job failed.", code, retryable = failure.retryable, reason = %failure.message, detail = %failure.detail);
         match self
@@ -442,21 +523,30 @@ impl<L: Launcher> Job<L> {
         {
             Ok(FailResult::Retrying { .. }) => {
                 self.ctx.metrics.count_job("retrying", code);
-                true
+                JobEnd::Retrying
             }
             Ok(FailResult::Failed(done)) => {
                 self.ctx.metrics.count_job("failed", code);
-                done.recorded()
+                ended("failed", done)
             }
             Ok(FailResult::Cancelled(done)) => {
                 self.ctx.metrics.count_job("cancelled", "");
-                done.recorded()
+                ended("cancelled", done)
             }
             Err(e) => {
                 warn!(message = "Could not publish the job's failure; it will run again.", error = %e);
-                false
+                JobEnd::ReturnsAfterLease
             }
         }
+    }
+}
+
+/// A completion's answer as the job's end: recorded, or the job is another worker's.
+fn ended(outcome: &'static str, completion: Completion) -> JobEnd {
+    if completion.recorded() {
+        JobEnd::Ended(outcome)
+    } else {
+        JobEnd::TakenOver
     }
 }
 

@@ -29,9 +29,10 @@ pub mod sizing;
 pub mod worker;
 
 pub use config::WorkerConfig;
+pub use job::JobEnd;
 pub use launcher::{Launch, LaunchError, LaunchSpec, Launcher, Update};
 pub use local::LocalLauncher;
 pub use metrics::Metrics;
 pub use outcome::{JobFailure, Outcome};
-pub use service::{RunningWorker, StartError};
-pub use worker::Worker;
+pub use service::{RunningWorker, StartError, Stopped};
+pub use worker::{LeftRunners, Worker};

@@ -1,11 +1,13 @@
 //! The worker loop: take jobs while slots are free, run each in its own task, keep the catalogue
 //! fresh, and shut down gracefully.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ducks_contract::JobId;
 use ducks_models::Storage;
 use ducks_queue::{Consumer, Queue, QueueError};
 use tokio::sync::{Semaphore, watch};
@@ -16,7 +18,7 @@ use ducks_models::ManifestIndex;
 
 use crate::config::WorkerConfig;
 use crate::http::Probe;
-use crate::job::{self, Context};
+use crate::job::{self, Context, JobEnd};
 use crate::launcher::Launcher;
 use crate::metrics::Metrics;
 use ducks_models::links::Links;
@@ -25,6 +27,18 @@ use ducks_models::links::Links;
 const LEAVE_LIMIT: Duration = Duration::from_secs(10);
 /// The pause after a failed read from the queue.
 const READ_RETRY: Duration = Duration::from_millis(500);
+
+/// What a stopping worker does with the runners of jobs still running after its grace period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeftRunners {
+    /// They keep running, for the worker that takes their job next to adopt (`ducks worker`: a
+    /// restart loses no work).
+    #[default]
+    KeepRunning,
+    /// They are stopped (killed after the cancel grace) and waited for, and their jobs start
+    /// again on the next worker (`ducks dev`, whose S3 stops with it).
+    Stop,
+}
 
 pub struct Worker<L> {
     queue: Queue,
@@ -77,9 +91,13 @@ impl<L: Launcher> Worker<L> {
     }
 
     /// Takes and runs jobs until `shutdown` resolves; then stops taking jobs, lets running ones
-    /// finish within the grace period, and gives the rest back unfinished (their runners keep
-    /// running, for another worker to adopt). Never acknowledges an unfinished job.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> ducks_queue::Result<()> {
+    /// finish within the grace period, and gives the rest back unfinished, their runners kept
+    /// running for another worker to adopt or stopped, as `shutdown`'s value says. Never
+    /// acknowledges an unfinished job. Returns what became of each job running at the shutdown.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = LeftRunners>,
+    ) -> ducks_queue::Result<Vec<(JobId, JobEnd)>> {
         let config = &self.ctx.config;
         let mut consumer = Consumer::new(self.queue.clone(), self.name.clone()).await?;
         // Know the models before the first job; a failure here is retried by the refresher.
@@ -104,17 +122,21 @@ impl<L: Launcher> Worker<L> {
             self.queue.clone(),
             stopping.clone(),
         ));
-        let (leave_tx, leave) = watch::channel(false);
+        let (leave_tx, leave) = watch::channel(None);
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let mut tasks = JoinSet::new();
+        // Which job each task runs, for the report of a task that never ends.
+        let mut job_of_task: HashMap<tokio::task::Id, JobId> = HashMap::new();
         tokio::pin!(shutdown);
         info!(message = "The worker is taking jobs.", consumer = %self.name, concurrency = config.concurrency);
 
-        loop {
-            while tasks.try_join_next().is_some() {}
+        let left_runners = loop {
+            while let Some(joined) = tasks.try_join_next_with_id() {
+                job_of_task.remove(&joined_id(&joined));
+            }
             let first = tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                runners = &mut shutdown => break runners,
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let mut permits = vec![first];
@@ -124,22 +146,25 @@ impl<L: Launcher> Worker<L> {
             // Not raced against the shutdown: a read cut short could take jobs and drop them. It
             // returns within the queue's block time.
             let batch = consumer.next_batch(permits.len()).await;
-            let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
+            let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown);
             match batch {
                 Ok(deliveries) => {
                     self.queue_ok.store(true, Ordering::Relaxed);
                     for delivery in deliveries {
-                        if stop_now {
+                        if stop_now.is_some() {
                             let _ = delivery.abandon().await;
                             continue;
                         }
                         let permit = permits.pop().expect("one permit per delivery");
                         let ctx = self.ctx.clone();
                         let leave = leave.clone();
-                        tasks.spawn(async move {
-                            job::run(ctx, delivery, leave).await;
+                        let id = delivery.id.clone();
+                        let task = tasks.spawn(async move {
+                            let end = job::run(ctx, delivery, leave).await;
                             drop(permit);
+                            end
                         });
+                        job_of_task.insert(task.id(), id);
                     }
                 }
                 Err(e) => {
@@ -148,10 +173,10 @@ impl<L: Launcher> Worker<L> {
                     tokio::time::sleep(READ_RETRY).await;
                 }
             }
-            if stop_now {
-                break;
+            if let Some(runners) = stop_now {
+                break runners;
             }
-        }
+        };
 
         let _ = stopping_tx.send(true);
         consumer.stop_prefetching().await;
@@ -161,29 +186,73 @@ impl<L: Launcher> Worker<L> {
             running,
             grace_secs = config.shutdown_grace_secs
         );
-        let all_done = async { while tasks.join_next().await.is_some() {} };
+        let mut ends = Vec::new();
+        let mut collect = |joined: Joined| {
+            let id = job_of_task.remove(&joined_id(&joined));
+            match (id, joined) {
+                (_, Ok((_, (id, end)))) => ends.push((id, end)),
+                // The job's task panicked: nothing was recorded for it.
+                (Some(id), Err(_)) => ends.push((id, JobEnd::ReturnsAfterLease)),
+                (None, Err(_)) => {}
+            }
+        };
+        let all_done = async {
+            while let Some(joined) = tasks.join_next_with_id().await {
+                collect(joined);
+            }
+        };
         if tokio::time::timeout(config.shutdown_grace(), all_done)
             .await
             .is_err()
         {
             info!(
                 message = "The grace period is over; leaving the remaining jobs to other workers.",
-                remaining = tasks.len()
+                remaining = tasks.len(),
+                runners = ?left_runners,
             );
-            let _ = leave_tx.send(true);
-            let all_left = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout(LEAVE_LIMIT, all_left).await.is_err() {
+            let _ = leave_tx.send(Some(left_runners));
+            let limit = match left_runners {
+                LeftRunners::KeepRunning => LEAVE_LIMIT,
+                // Each stop may wait out the cancel grace before the runner is killed.
+                LeftRunners::Stop => LEAVE_LIMIT + config.cancel_grace(),
+            };
+            let all_left = async {
+                while let Some(joined) = tasks.join_next_with_id().await {
+                    collect(joined);
+                }
+            };
+            if tokio::time::timeout(limit, all_left).await.is_err() {
                 warn!(
                     message =
                         "Some jobs did not hand themselves back; they return after their lease."
                 );
             }
         }
+        tasks.abort_all();
+        ends.extend(
+            job_of_task
+                .into_values()
+                .map(|id| (id, JobEnd::ReturnsAfterLease)),
+        );
+        for (job_id, end) in &ends {
+            info!(message = "A job running at shutdown.", %job_id, end = ?end);
+        }
         let _ = refresher.await;
         let _ = sweeper.await;
         drop(consumer);
         info!(message = "The worker stopped.");
-        Ok(())
+        Ok(ends)
+    }
+}
+
+/// A job task joined: its id and the job's end, or how the task failed.
+type Joined = Result<(tokio::task::Id, (JobId, JobEnd)), tokio::task::JoinError>;
+
+/// The task id of a joined job task, finished or failed.
+fn joined_id(joined: &Joined) -> tokio::task::Id {
+    match joined {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
     }
 }
 

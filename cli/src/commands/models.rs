@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use ducks_models::hub::{self, Hub};
 use ducks_models::import::{ImportSpec, import_folder};
 use ducks_models::{Family, ManifestIndex, ModelManifest, Storage, bucket};
-use ducks_queue::now_ms;
+use ducks_queue::{Queue, now_ms};
 use ducks_runner::tiny;
 
 use crate::settings::Settings;
@@ -92,19 +92,10 @@ pub async fn run(command: Command, settings: &Settings) -> Result<(), crate::Err
 /// Publishes the catalogue to Redis at once, so the new model can be asked for even while no
 /// worker runs (workers scaled to zero). Without Redis the model is imported all the same: the
 /// API or a worker publishes it within its refresh interval.
-async fn publish(settings: &Settings, storage: &Storage) {
+pub(crate) async fn publish(settings: &Settings, storage: &Storage) {
     let published = async {
         let queue = settings.connect_queue().await.map_err(|e| e.to_string())?;
-        let catalogue = ManifestIndex::default()
-            .changed_snapshot(storage, &settings.worker.default_model, now_ms())
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        queue
-            .publish_models(&catalogue)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<usize, String>(catalogue.models.len())
+        publish_catalogue(&queue, storage, &settings.worker.default_model).await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), published).await {
         Ok(Ok(models)) => println!(
@@ -118,6 +109,25 @@ async fn publish(settings: &Settings, storage: &Storage) {
             "note: Redis did not answer within 10 s, so the catalogue was not published now; the API or a worker publishes it within a minute."
         ),
     }
+}
+
+/// Reads every manifest in the bucket and publishes the catalogue through `queue`; returns how
+/// many models it lists.
+pub(crate) async fn publish_catalogue(
+    queue: &Queue,
+    storage: &Storage,
+    default_model: &str,
+) -> Result<usize, String> {
+    let catalogue = ManifestIndex::default()
+        .changed_snapshot(storage, default_model, now_ms())
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    queue
+        .publish_models(&catalogue)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(catalogue.models.len())
 }
 
 /// The catalogue as an aligned text table.

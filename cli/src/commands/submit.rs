@@ -53,6 +53,10 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 }
 
 /// Returns the exit code: 0 unless `--wait` saw the job fail or be cancelled.
+///
+/// Without `--wait`, stdout gets the line naming the queued job. With it, everything a person
+/// reads along (that line, progress, the outcome) goes to stderr, and stdout gets only what a
+/// script wants: each image's link and the file it was saved to.
 pub async fn run(args: Args, queue: &Queue) -> Result<u8, crate::Error> {
     let mut request = JobRequest::new(args.prompt, Origin::Cli);
     request.model = args.model;
@@ -67,20 +71,20 @@ pub async fn run(args: Args, queue: &Queue) -> Result<u8, crate::Error> {
     request.requester.id = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     if !args.wait {
         let submitted = queue.submit_checked(request).await?;
-        print_submitted(&submitted);
+        println!("{}", submitted_line(&submitted));
         return Ok(0);
     }
     let (submitted, _tail, watch) = follow::submit_and_watch(queue, request).await?;
-    print_submitted(&submitted);
+    eprintln!("{}", submitted_line(&submitted));
     let followed = follow::follow(watch, &args.out, Duration::from_secs(args.timeout)).await?;
     follow::print_images(&followed.images);
     Ok(if followed.succeeded { 0 } else { 1 })
 }
 
-fn print_submitted(submitted: &Submitted) {
+fn submitted_line(submitted: &Submitted) -> String {
     match submitted {
-        Submitted::Queued { id, position } => println!("Queued {id} (position {position})."),
-        Submitted::Duplicate { id } => println!("Already submitted as {id}."),
+        Submitted::Queued { id, position } => format!("Queued {id} (position {position})."),
+        Submitted::Duplicate { id } => format!("Already submitted as {id}."),
     }
 }
 

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ducks_api::{ApiConfig, RunningApi};
-use ducks_contract::Secret;
+use ducks_contract::{JobId, Secret};
 use ducks_models::{Storage, embedded_s3};
 use ducks_queue::Queue;
 use ducks_runner::tiny::{self, TINY_MODEL_ID};
-use ducks_worker::RunningWorker;
+use ducks_worker::{JobEnd, LeftRunners, RunningWorker};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -87,7 +87,7 @@ impl Stack {
         worker.local.runs_dir = data.join("runs");
         worker.local.cache_dir = data.join("cache");
         // The probes' default port may be taken (another stack runs): let the OS pick one.
-        if worker.listen == ducks_worker::WorkerConfig::default().listen {
+        if worker.listen_may_move {
             worker.listen = "127.0.0.1:0".into();
         }
         // A dev stack finishes its jobs quickly; it need not linger on Ctrl-C.
@@ -184,16 +184,19 @@ impl Stack {
         ]
     }
 
-    /// Stops the worker (gracefully), then S3 and Redis.
-    pub async fn stop(self) -> Result<(), Error> {
-        let worker = self.worker.stop().await.map(drop);
+    /// Stops the worker (gracefully), then the API, S3 and Redis. The runners of jobs still
+    /// running after the worker's grace period are stopped and waited for, and their jobs handed
+    /// back to the queue, before S3 goes: left running, they would fail to upload into an S3
+    /// that is no more. Returns what became of each job that was running.
+    pub async fn stop(self) -> Result<Vec<(JobId, JobEnd)>, Error> {
+        let worker = self.worker.shut_down(LeftRunners::Stop).await;
         self.api.stop().await;
         let _ = self.s3_stop.send(());
         let _ = self.s3_task.await;
         if let Some(redis) = self.redis {
             redis.stop().await;
         }
-        Ok(worker?)
+        Ok(worker?.jobs)
     }
 }
 

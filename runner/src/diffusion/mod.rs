@@ -3,6 +3,8 @@
 //! Text-to-image with candle-transformers' Stable Diffusion modules, for the families
 //! [`Family`] names: `sd15`, `sd21`, `sd-turbo`, `sdxl`, `sdxl-turbo`, and `tiny-sd`, a tiny,
 //! randomly initialised model that [`create_tiny`] writes for tests and demos.
+//! [`create_real_shapes`] writes random weights at a real family's shapes, for tests and
+//! benchmarks of what the real models cost.
 //!
 //! ```no_run
 //! use ducks_runner::diffusion::{self, Family, ModelFiles, Pipeline};
@@ -34,6 +36,7 @@ mod arch;
 mod clip;
 mod error;
 mod pipeline;
+mod real_shapes;
 mod rng;
 mod scheduler;
 mod tiny;
@@ -51,6 +54,7 @@ pub use ducks_contract::GenerateParams;
 pub use ducks_models::{Family, FileRole};
 pub use error::DiffusionError;
 pub use pipeline::{MAX_COUNT, MAX_SIZE, MIN_SIZE, Pipeline};
+pub use real_shapes::create_real_shapes;
 pub use scheduler::{MAX_STEPS, Prediction, SchedulerSpec};
 pub use tiny::{TINY_FILES, create_tiny, tiny_config};
 

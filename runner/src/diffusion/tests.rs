@@ -369,121 +369,21 @@ fn the_pipeline_can_be_shared_across_threads() {
 }
 
 /// The real families' code paths with their real shapes: random weights in the shapes of each
-/// candle preset (UNet, VAE, text encoders; written as f16 like the fp16 downloads) go through
+/// candle preset ([`create_real_shapes`]: UNet, VAE, text encoders, in f16 like the fp16
+/// downloads) go through
 /// `Pipeline::load` and one 64x64 step. This checks that presets, weight names, the CLIP port,
 /// XL's two encoders and the samplers fit together; it cannot say anything about image quality.
 /// Each family writes 1.5 to 5 GB of weights and needs up to 16 GB of memory:
 /// `cargo test --release -p ducks-runner -- --ignored --test-threads 1 real_shapes`.
 mod real_shapes {
     use super::*;
-    use crate::diffusion::rng::fnv1a;
-    use crate::diffusion::tiny::{recording_var_builder, save};
-    use candle_transformers::models::stable_diffusion::{
-        unet_2d::{BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig},
-        vae::{AutoEncoderKL, AutoEncoderKLConfig},
-    };
-
-    /// candle's preset UNet shapes, copied: the presets keep theirs private. A wrong copy
-    /// fails the load below.
-    fn unet(family: Family) -> UNet2DConditionModelConfig {
-        let bc = |out_channels, use_cross_attn, attention_head_dim| BlockConfig {
-            out_channels,
-            use_cross_attn,
-            attention_head_dim,
-        };
-        let (blocks, cross_attention_dim, use_linear_projection) = match family {
-            Family::Sd15 => (
-                vec![
-                    bc(320, Some(1), 8),
-                    bc(640, Some(1), 8),
-                    bc(1280, Some(1), 8),
-                    bc(1280, None, 8),
-                ],
-                768,
-                false,
-            ),
-            Family::Sd21 | Family::SdTurbo => (
-                vec![
-                    bc(320, Some(1), 5),
-                    bc(640, Some(1), 10),
-                    bc(1280, Some(1), 20),
-                    bc(1280, None, 20),
-                ],
-                1024,
-                true,
-            ),
-            _ => (
-                vec![
-                    bc(320, None, 5),
-                    bc(640, Some(2), 10),
-                    bc(1280, Some(10), 20),
-                ],
-                2048,
-                true,
-            ),
-        };
-        UNet2DConditionModelConfig {
-            blocks,
-            cross_attention_dim,
-            use_linear_projection,
-            ..Default::default()
-        }
-    }
-
-    fn write<T>(
-        dir: &Path,
-        name: &str,
-        build: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> PathBuf {
-        let (vb, weights) = recording_var_builder(fnv1a(name.as_bytes()), &Device::Cpu);
-        drop(build(vb).unwrap());
-        let path = dir.join(name);
-        save(&weights, &path).unwrap();
-        path
-    }
 
     fn smoke(family: Family) {
         let dir = tempfile::tempdir().unwrap();
-        let tokenizer = dir.path().join("tokenizer.json");
-        crate::diffusion::tiny::tiny_tokenizer()
+        let files: ModelFiles = create_real_shapes(family, dir.path())
             .unwrap()
-            .save(&tokenizer, false)
-            .unwrap();
-        let mut files = ModelFiles::default();
-        files.insert(FileRole::Tokenizer, tokenizer.clone());
-        let (clip, clip2) = match family {
-            Family::Sd15 => (ClipConfig::v1_5(), None),
-            Family::Sd21 | Family::SdTurbo => (ClipConfig::v2_1(), None),
-            _ => (ClipConfig::sdxl(), Some(ClipConfig::sdxl2())),
-        };
-        let text_encoder = write(dir.path(), "text_encoder.safetensors", |vb| {
-            crate::diffusion::clip::ClipTextTransformer::new(vb, &clip)
-        });
-        files.insert(FileRole::TextEncoder, text_encoder);
-        if let Some(clip2) = clip2 {
-            let text_encoder_2 = write(dir.path(), "text_encoder_2.safetensors", |vb| {
-                crate::diffusion::clip::ClipTextTransformer::new(vb, &clip2)
-            });
-            files.insert(FileRole::TextEncoder2, text_encoder_2);
-            files.insert(FileRole::Tokenizer2, tokenizer);
-        }
-        let vae = AutoEncoderKLConfig {
-            block_out_channels: vec![128, 256, 512, 512],
-            layers_per_block: 2,
-            latent_channels: 4,
-            norm_num_groups: 32,
-            use_quant_conv: true,
-            use_post_quant_conv: true,
-        };
-        let vae = write(dir.path(), "vae.safetensors", |vb| {
-            AutoEncoderKL::new(vb, 3, 3, vae)
-        });
-        files.insert(FileRole::Vae, vae);
-        let unet = write(dir.path(), "unet.safetensors", |vb| {
-            UNet2DConditionModel::new(vb, 4, 4, false, unet(family))
-        });
-        files.insert(FileRole::Unet, unet);
-
+            .into_iter()
+            .collect();
         let started = std::time::Instant::now();
         let pipeline = Pipeline::load(family, &files, &Device::Cpu).unwrap();
         let loaded = started.elapsed();

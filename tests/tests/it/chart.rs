@@ -352,8 +352,9 @@ fn every_setting_the_chart_sets_exists_and_every_required_one_has_a_value() {
 
 /// Runs `ducks config` with exactly a process's rendered environment and files (secrets from an
 /// operator's Secret stand in as placeholders): it loads every layer with unknown keys refused,
-/// so a key or value the settings do not take fails here.
-fn ducks_config(rendered: &Rendered, component: &str) -> String {
+/// so a key or value the settings do not take fails here. What it prints is the settings as
+/// ducks.toml.
+fn ducks_config(rendered: &Rendered, component: &str) -> toml::Table {
     let (workload, env) = (
         workload(component),
         rendered.environment(&workload(component), component),
@@ -394,7 +395,10 @@ fn ducks_config(rendered: &Rendered, component: &str) -> String {
         "{component}: `ducks config` refuses the chart's settings: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let printed = String::from_utf8_lossy(&output.stdout);
+    printed
+        .parse()
+        .unwrap_or_else(|e| panic!("{component}: `ducks config` printed no TOML ({e}):\n{printed}"))
 }
 
 #[test]
@@ -402,27 +406,36 @@ fn every_process_loads_the_settings_the_chart_gives_it() {
     for (name, rendered) in rendered() {
         for (process, _) in processes(rendered) {
             let printed = ducks_config(rendered, process.component);
-            assert!(
-                printed.contains("launcher: Kubernetes"),
+            assert_eq!(
+                printed["worker"]["launcher"].as_str(),
+                Some("kubernetes"),
                 "{name}: {printed}"
             );
         }
     }
     // The worker's file: maps and tolerations, which have no environment form, arrive.
     let printed = ducks_config(set("eks-gpu"), "worker");
-    assert!(
-        printed.contains(r#""karpenter.sh/nodepool": "gpu""#),
+    let kubernetes = &printed["worker"]["kubernetes"];
+    assert_eq!(
+        kubernetes["node_selector"]["karpenter.sh/nodepool"].as_str(),
+        Some("gpu"),
         "{printed}"
     );
-    let compact: String = printed.split_whitespace().collect();
-    assert!(
-        compact.contains(
-            r#"gpu_tolerations:[Toleration{effect:Some("NoSchedule",),key:Some("nvidia.com/gpu",)"#
-        ),
+    let toleration = toml::Value::try_from(json!({
+        "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"
+    }))
+    .expect("a TOML table");
+    assert_eq!(
+        kubernetes["gpu_tolerations"].as_array(),
+        Some(&vec![toleration]),
         "{printed}"
     );
     let printed = ducks_config(set("kind-cpu"), "worker");
-    assert!(printed.contains("gpu_tolerations: []"), "{printed}");
+    assert_eq!(
+        printed["worker"]["kubernetes"]["gpu_tolerations"].as_array(),
+        Some(&Vec::new()),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +49,15 @@ impl World {
 
     /// Runs `ducks args…` with only the S3 settings and `HF_ENDPOINT` in its environment.
     async fn ducks(&self, endpoint: &str, args: &[&str]) -> Output {
+        let mut cmd = self.command(endpoint, args);
+        tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("ducks {args:?} did not end within {WAIT:?}"))
+            .expect("start ducks")
+    }
+
+    /// `ducks args…` with only the S3 settings and `HF_ENDPOINT` in its environment.
+    fn command(&self, endpoint: &str, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(ducks_binary());
         cmd.args(args)
             .env_clear()
@@ -63,10 +73,7 @@ impl World {
             .env("DUCKS_REDIS__URL", self.redis.url())
             .current_dir(self.scratch.path())
             .kill_on_drop(true);
-        tokio::time::timeout(WAIT, cmd.output())
-            .await
-            .unwrap_or_else(|_| panic!("ducks {args:?} did not end within {WAIT:?}"))
-            .expect("start ducks")
+        cmd
     }
 
     /// The binary's TMPDIR: an import must leave it empty.
@@ -104,18 +111,20 @@ impl World {
     }
 }
 
-/// An import that failed as a user should see it: exit code 1 and one line on stderr that
-/// contains every one of `expected`.
+/// An import that failed as a user should see it: exit code 1 and one error line on stderr,
+/// the last, that contains every one of `expected` (what the import had said it would download
+/// may come before it).
 fn assert_one_clear_line(output: &Output, expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line, not: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line, not: {stderr}");
+    assert!(errors[0].starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "{stderr}");
     for part in expected {
         assert!(
-            lines[0].contains(part),
+            errors[0].contains(part),
             "{part:?} is missing from: {stderr}"
         );
     }
@@ -229,11 +238,23 @@ async fn a_model_imports_through_the_hub_protocol_and_is_listed() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("(commit {COMMIT})")), "{stdout}");
+    // What it downloads, and how much, before it starts; then each file.
+    let total: u64 = hub
+        .weights
+        .iter()
+        .map(|(local, _)| std::fs::metadata(local).unwrap().len())
+        .sum();
+    assert!(
+        stderr.contains(&format!(
+            "Importing hf:test/tiny at main (commit {COMMIT}): 5 files, {} to download",
+            ducks_models::hub::human_size(total)
+        )),
+        "{stderr}"
+    );
     for (_, path) in &hub.weights {
         assert!(
-            stdout.contains(&format!("Downloading {path} (")),
-            "{path} is missing from: {stdout}"
+            stderr.contains(&format!("Downloading {path} (")),
+            "{path} is missing from: {stderr}"
         );
     }
     assert!(stdout.contains("Imported tiny-hub (5 files)."), "{stdout}");
@@ -301,6 +322,53 @@ async fn a_model_imports_through_the_hub_protocol_and_is_listed() {
     );
 }
 
+/// The download's progress bar is drawn on a terminal, and only there: the import above, through
+/// pipes, showed none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_each_download_draws_a_progress_bar() {
+    let world = World::new().await;
+    let hub = FakeHub::start().await;
+    let args = [
+        "models",
+        "import",
+        "hf:test/tiny",
+        "--id",
+        "tiny-hub",
+        "--family",
+        "tiny-sd",
+    ];
+    let piped = world.ducks(&hub.endpoint(), &args).await;
+    let piped = String::from_utf8_lossy(&piped.stderr).into_owned();
+    assert!(piped.contains("Downloading "), "{piped}");
+    assert!(!piped.contains('\r') && !piped.contains("[#"), "{piped:?}");
+
+    let mut command = world.command(&hub.endpoint(), &args);
+    command.env("TERM", "xterm");
+    let shown = ducks_tests::stderr_on_terminal(command, WAIT).await;
+    assert!(shown.status.success(), "{}", shown.terminal);
+    let unet = &hub.file("test/tiny", "unet/diffusion_pytorch_model.safetensors");
+    let size = ducks_models::hub::human_size(unet.len() as u64);
+    assert!(
+        shown.terminal.contains(&format!(
+            "Downloading unet/diffusion_pytorch_model.safetensors ({size})"
+        )),
+        "{:?}",
+        shown.terminal
+    );
+    // indicatif's bar, in whatever state it was drawn: `[###>------…] 1.2 KiB/12.3 KiB`.
+    let bars = shown.terminal.split('[').filter(|rest| {
+        rest.get(..31).is_some_and(|bar| {
+            bar.ends_with(']') && bar[..30].chars().all(|c| matches!(c, '#' | '>' | '-'))
+        })
+    });
+    assert!(bars.count() > 0, "{:?}", shown.terminal);
+    assert!(
+        shown.stdout.contains("Imported tiny-hub (5 files)."),
+        "{}",
+        shown.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repo_without_tokenizer_json_takes_the_clip_tokenizer_candle_uses() {
     let world = World::new().await;
@@ -325,9 +393,9 @@ async fn a_repo_without_tokenizer_json_takes_the_clip_tokenizer_candle_uses() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.lines().any(|l| l
+        stderr.lines().any(|l| l
             == "The repo has no tokenizer.json; using the CLIP tokenizer from openai/clip-vit-base-patch32."),
-        "{stdout}"
+        "{stderr}"
     );
     assert!(stdout.contains("Imported sd15-hub (4 files)."), "{stdout}");
     assert_eq!(
@@ -391,8 +459,8 @@ async fn a_repo_without_tokenizer_json_takes_the_clip_tokenizer_candle_uses() {
         ),
     ] {
         assert!(
-            stdout.lines().any(|l| l == line),
-            "{line:?} is missing from: {stdout}"
+            stderr.lines().any(|l| l == line),
+            "{line:?} is missing from: {stderr}"
         );
     }
     assert!(stdout.contains("Imported sdxl-hub (6 files)."), "{stdout}");
@@ -462,6 +530,185 @@ async fn a_missing_clip_repository_ends_with_one_line_before_any_download() {
     );
 }
 
+/// How long one `ducks demo` may take: it starts a stack, draws a 64x64 image and stops.
+const DEMO_WAIT: Duration = Duration::from_secs(300);
+
+/// Runs `ducks demo args…` in `dir` as a newcomer would, with `HF_ENDPOINT` the only setting.
+async fn demo(dir: &std::path::Path, endpoint: &str, args: &[&str]) -> (Output, Duration) {
+    let temp = dir.join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let mut cmd = tokio::process::Command::new(ducks_binary());
+    cmd.arg("demo")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HF_ENDPOINT", endpoint)
+        .env("TMPDIR", &temp)
+        .current_dir(dir)
+        .kill_on_drop(true);
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(DEMO_WAIT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("ducks demo {args:?} did not end within {DEMO_WAIT:?}"))
+        .expect("start ducks");
+    (output, started.elapsed())
+}
+
+/// Every file under `dir` with its modification time.
+fn files_with_times(dir: &std::path::Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
+    let mut found = BTreeMap::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                found.insert(entry.path(), meta.modified().unwrap());
+            }
+        }
+    }
+    found
+}
+
+/// The PNG a demo saved, from its `Saved …` line.
+fn saved_png(dir: &std::path::Path, stdout: &str) -> (u32, u32) {
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Saved "))
+        .unwrap_or_else(|| panic!("no saved file in: {stdout}"));
+    crate::support::png_size(&std::fs::read(dir.join(saved)).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_imports_a_hub_model_once_then_draws_with_it() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "a duck",
+        "--model",
+        "hf:test/tiny",
+        "--family",
+        "tiny-sd",
+        "--timeout",
+        "120",
+    ];
+
+    let (output, _) = demo(dir.path(), &hub.endpoint(), &args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    // It says what it fetches, how much, and the room it needs, before the download.
+    let said = |part: &str| {
+        stderr
+            .find(part)
+            .unwrap_or_else(|| panic!("{part:?}: {stderr}"))
+    };
+    let intro = said(
+        "tiny is not in this stack yet: importing hf:test/tiny from the Hugging Face hub, once.",
+    );
+    let size = said(&format!(
+        "Importing hf:test/tiny at main (commit {COMMIT}): 5 files"
+    ));
+    let room = said("Then it needs ");
+    let first_download = said("Downloading ");
+    assert!(
+        intro < size && size < room && room < first_download,
+        "{stderr}"
+    );
+    assert!(stderr.contains("Imported tiny (5 files)."), "{stderr}");
+    assert!(
+        stderr.contains("Submitted ") && stderr.contains(" with tiny: "),
+        "{stderr}"
+    );
+    assert_eq!(saved_png(dir.path(), &stdout), (64, 64));
+    let fetched: BTreeSet<String> = hub.files_fetched().into_iter().collect();
+    assert_eq!(fetched.len(), 5, "{fetched:?}");
+    // A real model draws no noise: no advice to draw a real one.
+    assert!(!stderr.contains("noise"), "{stderr}");
+    let cache = dir.path().join(".ducks/cache");
+    let cached = files_with_times(&cache);
+    assert!(
+        !cached.is_empty(),
+        "the runner cached the weights in {cache:?}"
+    );
+
+    // The second run neither asks the hub nor downloads the weights again.
+    let asked = hub.requests();
+    let (output, _) = demo(dir.path(), &hub.endpoint(), &args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(hub.requests(), asked, "the hub was asked again: {stderr}");
+    assert!(!stderr.contains("importing"), "{stderr}");
+    assert_eq!(saved_png(dir.path(), &stdout), (64, 64));
+    assert_eq!(
+        files_with_times(&cache),
+        cached,
+        "the weight cache was used as it was"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the download folder is left empty"
+    );
+}
+
+/// What the offline advice says to do: a model folder downloaded elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_imports_a_downloaded_folder_then_draws_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("My-Tiny");
+    diffusion::create_tiny(&folder).unwrap();
+    let (output, _) = demo(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &["a duck", "--model", "My-Tiny", "--family", "tiny-sd"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("Importing my-tiny from My-Tiny."),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Imported my-tiny (5 files)."), "{stderr}");
+    assert!(stderr.contains(" with my-tiny: "), "{stderr}");
+    assert_eq!(saved_png(dir.path(), &stdout), (64, 64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_offline_says_the_hub_is_unreachable_and_how_to_import_a_folder() {
+    // A port that was just free and is closed: what an offline machine's lookup fails like, fast.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let dir = tempfile::tempdir().unwrap();
+    let (output, took) = demo(dir.path(), &endpoint, &["--model", "sd-turbo"]).await;
+    assert_one_clear_line(
+        &output,
+        &[
+            &format!("Cannot reach the Hugging Face hub at {endpoint}"),
+            "stabilityai/sd-turbo elsewhere",
+            "`ducks demo --model <folder> --family sd-turbo` imports it from there",
+        ],
+    );
+    // Nothing was drawn, and it did not wait for anything: the stack starts and stops in
+    // seconds; the generous bound keeps a loaded machine green.
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("Saved "),
+        "{output:?}"
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
 /// A hub on a local port: `test/tiny` holds tiny-sd in a diffusers layout beside files an
 /// import must not take; `test/gated` lists the same files but refuses them without a token;
 /// `test/sd15` and `test/sdxl` are laid out as the official Stable Diffusion repositories, with
@@ -475,6 +722,8 @@ struct FakeHub {
     repos: Arc<BTreeMap<String, Files>>,
     /// `repo/path` of every file read through `/resolve/`.
     fetched: Arc<Mutex<Vec<String>>>,
+    /// Every request, listings included.
+    requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -569,13 +818,16 @@ impl FakeHub {
         let addr = listener.local_addr().unwrap();
         let repos = Arc::new(repos);
         let fetched = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
         let task = {
             let repos = Arc::clone(&repos);
             let fetched = Arc::clone(&fetched);
+            let requests = Arc::clone(&requests);
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let repos = Arc::clone(&repos);
                     let fetched = Arc::clone(&fetched);
+                    requests.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
                         // A client that hangs up early is its own business.
                         let _ = serve(stream, &repos, &fetched).await;
@@ -588,6 +840,7 @@ impl FakeHub {
             weights,
             repos,
             fetched,
+            requests,
             task,
             _dir: dir,
         }
@@ -595,6 +848,10 @@ impl FakeHub {
 
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     fn files_fetched(&self) -> Vec<String> {
@@ -642,13 +899,14 @@ async fn serve(
     let mut lines = head.lines();
     let request_line = lines.next().unwrap_or_default();
     let target = request_line.split(' ').nth(1).unwrap_or_default();
-    let path = target.split('?').next().unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let blobs = query.split('&').any(|p| p == "blobs=true");
     let range = lines.find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.eq_ignore_ascii_case("range")
             .then(|| value.trim().to_string())
     });
-    let answer = answer(path, range.as_deref(), repos, fetched);
+    let answer = answer(path, blobs, range.as_deref(), repos, fetched);
     let mut response = format!(
         "HTTP/1.1 {}\r\ncontent-length: {}\r\nconnection: close\r\n",
         answer.status,
@@ -680,11 +938,13 @@ impl Answer {
 }
 
 /// The hub's answers, as hf-hub 0.4 reads them: `GET /api/models/{repo}/revision/{rev}` lists
-/// the files and the commit (`main` or the commit itself; `test/gated` lists any revision);
+/// the files and the commit (`main` or the commit itself; `test/gated` lists any revision), with
+/// each file's size when asked with `blobs=true`;
 /// `GET /{repo}/resolve/{rev}/{file}` with a `Range` header serves part of a file, with the
 /// commit, an etag and the full size (in `content-range`).
 fn answer(
     path: &str,
+    blobs: bool,
     range: Option<&str>,
     repos: &BTreeMap<String, Files>,
     fetched: &Mutex<Vec<String>>,
@@ -701,8 +961,11 @@ fn answer(
             return Answer::error("404 Not Found", "RevisionNotFound");
         }
         let siblings: Vec<_> = files
-            .keys()
-            .map(|f| serde_json::json!({ "rfilename": f }))
+            .iter()
+            .map(|(f, bytes)| match blobs {
+                true => serde_json::json!({ "rfilename": f, "size": bytes.len() }),
+                false => serde_json::json!({ "rfilename": f }),
+            })
             .collect();
         return Answer {
             status: "200 OK",

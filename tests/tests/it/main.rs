@@ -1,6 +1,8 @@
 mod api;
 mod chart;
 mod chart_drift;
+mod cli;
+mod cli_settings;
 mod discord;
 mod discord_sim;
 mod docker;

@@ -583,6 +583,25 @@ async fn ducks_demo_prints_a_link_and_saves_the_image() {
     let bytes = std::fs::read(dir.path().join(saved)).unwrap();
     assert_eq!(png_size(&bytes), (64, 64));
     assert!(Path::new(&dir.path().join(".ducks/s3")).exists());
+    // Once the stack has stopped: where the image is, why the link no longer opens, and that
+    // tiny-sd's noise is not what a real model draws, with the command that draws one.
+    let absolute = dir.path().canonicalize().unwrap().join(saved);
+    let notes: Vec<&str> = stderr.lines().rev().take(2).collect();
+    assert_eq!(
+        notes[1],
+        format!(
+            "The image is saved as {}. Its link opens only while a stack runs: start one with \
+             `ducks dev` in this folder.",
+            absolute.display()
+        ),
+        "{stderr}"
+    );
+    assert!(
+        notes[0].starts_with(
+            "tiny-sd is a test model, so the image is noise: `make demo MODEL=sd-turbo`"
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
