@@ -54,7 +54,8 @@ bench-runner:
 
 ## The real model's cost on this CPU: `ducks runner` with sd-turbo's shapes (random weights,
 ## 2.6 GB written once to target/bench-weights/), seconds per step at 512x512 beside 256x256,
-## load, text encoding, VAE decode and peak RSS; about 15 minutes on 2 cores.
+## load, text encoding, VAE decode and peak RSS; 3 rounds of about 10 minutes each on 2 cores
+## (BENCH_CPU_ROUNDS=1 for one).
 bench-cpu:
 	$(CARGO) build --release --locked -p ducks
 	$(CARGO) bench -p ducks-tests --bench cpu --locked
