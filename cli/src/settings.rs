@@ -276,7 +276,36 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize::<Settings>())
             .map_err(|e| SettingsError(e.to_string()))?;
+        if let Some(key) = settings.redacted_placeholder() {
+            return Err(SettingsError(format!(
+                "{key} is \"{}\", which `ducks config` prints in place of a secret: put the real \
+                 value there, or leave the key out",
+                Secret::REDACTED
+            )));
+        }
         Ok(settings.settled(origins))
+    }
+
+    /// The first key whose value is the placeholder `ducks config` prints for a secret: a file
+    /// copied from its output and loaded unedited would otherwise run with "<redacted>" as a
+    /// password or signing key.
+    fn redacted_placeholder(&self) -> Option<String> {
+        fn find(value: &serde_json::Value, path: &str) -> Option<String> {
+            match value {
+                serde_json::Value::String(s) if s == Secret::REDACTED => Some(path.to_owned()),
+                serde_json::Value::Object(map) => map.iter().find_map(|(key, value)| {
+                    let path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    find(value, &path)
+                }),
+                serde_json::Value::Array(items) => items.iter().find_map(|v| find(v, path)),
+                _ => None,
+            }
+        }
+        find(&serde_json::to_value(self).ok()?, "")
     }
 
     /// Defaults that follow from other settings: the API's public address is where permanent
@@ -472,6 +501,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(settings.links.base_url, "https://i.example.com");
+    }
+
+    #[test]
+    fn a_secret_left_as_ducks_config_prints_it_is_refused() {
+        let err = load(&[("DUCKS_API__PEPPER", "<redacted>")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.pepper is \"<redacted>\""), "{err}");
+        assert!(load(&[("DUCKS_API__PEPPER", "a real one")]).is_ok());
     }
 
     #[test]

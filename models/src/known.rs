@@ -64,6 +64,7 @@ mod tests {
             assert!(model.repo.split('/').count() == 2, "{model:?}");
         }
         let mut ids: Vec<_> = KNOWN_MODELS.iter().map(|m| m.id).collect();
+        ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), KNOWN_MODELS.len());
         assert_eq!(known_model("sd-turbo").unwrap().family, Family::SdTurbo);

@@ -90,6 +90,14 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// The same queue, riding out connection trouble as `patience` says from now on: a command
+    /// that found Redis quickly and then follows a job for minutes waits out a failover like a
+    /// service does.
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
+    }
+
     /// Connects with a service's patience and makes sure the worker group exists.
     pub async fn connect(target: RedisTarget, config: QueueConfig) -> Result<Self> {
         Self::connect_with(target, config, Patience::Service).await

@@ -21,7 +21,7 @@ use ducks_api::auth::{KeyOptions, create_key};
 use ducks_contract::{EventKind, JobId, JobRequest, Origin, Secret};
 use ducks_queue::{Consumer, Queue, QueueConfig, RedisTarget, now_ms};
 use ducks_tests::measure::{cpu_secs, percentile, rss_mib};
-use ducks_tests::{RedisServer, ducks_binary, tiny_bucket};
+use ducks_tests::{RedisServer, ducks_binary, s3_env, tiny_bucket};
 use ducks_worker::config::LocalConfig;
 use ducks_worker::{RunningWorker, WorkerConfig};
 use serde_json::{Value, json};
@@ -73,12 +73,7 @@ impl ApiProcess {
             .env("DUCKS_API__LISTEN", format!("127.0.0.1:{port}"))
             .env("DUCKS_API__PEPPER", PEPPER)
             .env("DUCKS_API__KEY_CACHE_SECS", "60")
-            .env("DUCKS_S3__ENDPOINT", &s3.endpoint)
-            .env("DUCKS_S3__BUCKET", &s3.bucket)
-            .env("DUCKS_S3__REGION", &s3.region)
-            .env("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id)
-            .env("DUCKS_S3__SECRET_ACCESS_KEY", s3.secret_access_key.expose())
-            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .envs(s3_env(s3))
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()

@@ -22,7 +22,7 @@ use ducks_contract::{GenerateParams, JobId, RunnerJob, wire};
 use ducks_models::import::{ImportSpec, import_folder};
 use ducks_models::{S3Config, Storage};
 use ducks_runner::diffusion::{self, Family};
-use ducks_tests::{S3Server, ducks_binary, tiny_bucket};
+use ducks_tests::{S3Server, ducks_binary, s3_env, tiny_bucket};
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::time::TimeVal;
 use serde_json::Value;
@@ -97,11 +97,7 @@ fn run_once(s3: &S3Config, scratch: &Path, model: &str, side: u32, steps: u32, s
         .env("DUCKS_RUNNER__JOB", wire::encode(&job))
         .env("DUCKS_RUNNER__CACHE_DIR", &cache)
         .env("DUCKS_RUNNER__TERMINATION_LOG", scratch.join("termination"))
-        .env("DUCKS_S3__ENDPOINT", &s3.endpoint)
-        .env("DUCKS_S3__BUCKET", &s3.bucket)
-        .env("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id)
-        .env("DUCKS_S3__SECRET_ACCESS_KEY", s3.secret_access_key.expose())
-        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+        .envs(s3_env(s3))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("runner log"))
         .spawn()

@@ -10,7 +10,7 @@ use std::time::Instant;
 use ducks_contract::{GenerateParams, JobId, RunnerJob, wire};
 use ducks_models::{S3Config, Storage};
 use ducks_runner::diffusion::{self, Family, ModelFiles, Pipeline};
-use ducks_tests::{BUCKET, S3Server, ducks_binary, tiny_bucket};
+use ducks_tests::{BUCKET, S3Server, ducks_binary, s3_env, tiny_bucket};
 
 const ROUNDS: usize = 3;
 
@@ -57,11 +57,7 @@ fn start_to_first_step(s3: &S3Config, cache: &std::path::Path) -> f64 {
             "DUCKS_RUNNER__TERMINATION_LOG",
             cache.with_extension("termination"),
         )
-        .env("DUCKS_S3__ENDPOINT", &s3.endpoint)
-        .env("DUCKS_S3__BUCKET", &s3.bucket)
-        .env("DUCKS_S3__ACCESS_KEY_ID", &s3.access_key_id)
-        .env("DUCKS_S3__SECRET_ACCESS_KEY", s3.secret_access_key.expose())
-        .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+        .envs(s3_env(s3))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -53,7 +53,7 @@ pub use binary::ducks_binary;
 pub use cluster::RedisCluster;
 pub use discord::{Actor, DiscordSim, InteractionPayload};
 pub use instant::instant_worker;
-pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, tiny_bucket};
+pub use s3::{BUCKET, Gate, PlainHttpResponse, S3Server, http_get, s3_env, tiny_bucket};
 pub use server::{RedisOptions, RedisServer};
 pub use terminal::{OnTerminal, stderr_on_terminal};
 pub use twitch::{TwitchSim, Viewer};

@@ -262,6 +262,18 @@ impl S3Server {
 
     /// The configuration [`S3Server::client`] uses, for tests that need to
     /// change something (credentials, retries, timeouts) before building.
+    /// The client settings for `bucket` on this server.
+    pub fn settings(&self, bucket: &str) -> S3Config {
+        S3Config {
+            endpoint: self.endpoint(),
+            region: self.region().into(),
+            bucket: bucket.into(),
+            access_key_id: self.access_key().into(),
+            secret_access_key: Secret::new(self.secret_key()),
+            force_path_style: true,
+        }
+    }
+
     pub fn client_config(&self) -> aws_sdk_s3::config::Builder {
         aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -558,6 +570,24 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The `DUCKS_S3__*` variables that point a `ducks` process at `config`.
+pub fn s3_env(config: &S3Config) -> [(&'static str, String); 6] {
+    [
+        ("DUCKS_S3__ENDPOINT", config.endpoint.clone()),
+        ("DUCKS_S3__REGION", config.region.clone()),
+        ("DUCKS_S3__BUCKET", config.bucket.clone()),
+        ("DUCKS_S3__ACCESS_KEY_ID", config.access_key_id.clone()),
+        (
+            "DUCKS_S3__SECRET_ACCESS_KEY",
+            config.secret_access_key.expose().to_owned(),
+        ),
+        (
+            "DUCKS_S3__FORCE_PATH_STYLE",
+            config.force_path_style.to_string(),
+        ),
+    ]
+}
+
 /// The bucket every test world and benchmark uses.
 pub const BUCKET: &str = "ducks";
 
@@ -566,14 +596,7 @@ pub const BUCKET: &str = "ducks";
 pub async fn tiny_bucket() -> (S3Server, S3Config, Storage) {
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET).await;
-    let config = S3Config {
-        endpoint: s3.endpoint(),
-        region: s3.region().into(),
-        bucket: BUCKET.into(),
-        access_key_id: s3.access_key().into(),
-        secret_access_key: Secret::new(s3.secret_key()),
-        force_path_style: true,
-    };
+    let config = s3.settings(BUCKET);
     let storage = Storage::connect(&config).await;
     ducks_runner::tiny::ensure(&storage)
         .await

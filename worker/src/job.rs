@@ -106,6 +106,16 @@ enum Followed {
     },
 }
 
+/// What stopping the runner of a job the worker leaves came to.
+enum LeaveStop {
+    /// It has exited, unfinished.
+    Exited,
+    /// It finished its image before the stop reached it.
+    Finished(RunResult),
+    /// It could not be stopped, or was not seen to end in time.
+    StillRunning,
+}
+
 /// What woke the follow loop.
 enum Woke {
     Update(Option<Update>),
@@ -360,7 +370,15 @@ impl<L: Launcher> Job<L> {
                 Woke::Leave => {
                     let runners = *self.leave.borrow();
                     let runner_stopped = match runners {
-                        Some(LeftRunners::Stop) => self.stop_to_leave(&mut updates).await,
+                        Some(LeftRunners::Stop) => match self.stop_to_leave(&mut updates).await {
+                            // It finished before the stop reached it: the image is made and
+                            // uploaded, so the job ends as it would have, not drawn again.
+                            LeaveStop::Finished(result) => {
+                                return Followed::Outcome(Outcome::Succeeded(result));
+                            }
+                            LeaveStop::Exited => true,
+                            LeaveStop::StillRunning => false,
+                        },
                         _ => false,
                     };
                     return Followed::Leave { runner_stopped };
@@ -420,28 +438,35 @@ impl<L: Launcher> Job<L> {
     }
 
     /// Stops the runner of a job the worker is leaving, and waits until it has exited (it is
-    /// killed after the cancel grace). False when it could not be stopped or was not seen to end.
-    async fn stop_to_leave(&mut self, updates: &mut tokio::sync::mpsc::Receiver<Update>) -> bool {
+    /// killed after the cancel grace).
+    async fn stop_to_leave(
+        &mut self,
+        updates: &mut tokio::sync::mpsc::Receiver<Update>,
+    ) -> LeaveStop {
         info!(message = "Shutting down: stopping the runner.");
         if let Err(e) = self.ctx.launcher.cancel(&self.delivery.id).await {
             warn!(message = "Could not stop the runner; leaving it running.", error = %e);
-            return false;
+            return LeaveStop::StillRunning;
         }
         let ended = async {
             while let Some(update) = updates.recv().await {
-                if matches!(update, Update::Finished(_)) {
-                    return true;
+                match update {
+                    Update::Finished(Outcome::Succeeded(result)) => {
+                        return LeaveStop::Finished(result);
+                    }
+                    Update::Finished(_) => return LeaveStop::Exited,
+                    _ => {}
                 }
             }
-            false
+            LeaveStop::StillRunning
         };
         let limit = self.ctx.config.cancel_grace() + LEAVE_STOP_MARGIN;
         match tokio::time::timeout(limit, ended).await {
-            Ok(true) => true,
-            _ => {
+            Ok(LeaveStop::StillRunning) | Err(_) => {
                 warn!(message = "The runner was not seen to stop; leaving it as it is.");
-                false
+                LeaveStop::StillRunning
             }
+            Ok(stopped) => stopped,
         }
     }
 

@@ -78,7 +78,11 @@ impl Wanted {
                     family: family_of(source, "the hub")?,
                 })
             }
-            (Some(source), _) if Path::new(source).is_dir() => {
+            // A folder named like a known model is the folder only when --family says so.
+            (Some(source), _)
+                if Path::new(source).is_dir()
+                    && (family.is_some() || known_model(source).is_none()) =>
+            {
                 let folder = PathBuf::from(source);
                 let name = folder
                     .canonicalize()
@@ -132,12 +136,20 @@ pub async fn run(args: Args, settings: Settings) -> Result<u8, crate::Error> {
     let wanted = Wanted::parse(args.model.as_deref(), args.family)?;
     eprintln!("Starting Redis, S3 and a worker on this machine…");
     let stack = Stack::start(settings).await?;
-    let outcome = async {
+    let work = async {
         ensure_model(&wanted, &stack).await?;
         run_one(&args, wanted.id(), &stack).await
-    }
-    .await;
+    };
+    // Ctrl-C drops the work (a download's folder goes with it) and stops the stack, whose stop
+    // also stops a runner still drawing: nothing keeps running once the demo has ended.
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = crate::signals::terminated() => Err("Interrupted.".into()),
+    };
     let stopped = stack.stop().await;
+    for (id, end) in stopped.as_deref().unwrap_or_default() {
+        eprintln!("{}", crate::commands::dev::job_line(id, *end));
+    }
     let (code, saved) = outcome?;
     stopped?;
     for line in closing_notes(wanted.id(), &saved) {

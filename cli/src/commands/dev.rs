@@ -24,7 +24,7 @@ pub async fn run(settings: Settings) -> Result<(), crate::Error> {
 }
 
 /// What became of a job that was running when the stack stopped, in one line.
-fn job_line(id: &JobId, end: JobEnd) -> String {
+pub(crate) fn job_line(id: &JobId, end: JobEnd) -> String {
     let what = match end {
         JobEnd::Ended(outcome) => format!("finished ({outcome})"),
         JobEnd::Retrying => "failed; its retry is queued for the next `ducks dev`".into(),

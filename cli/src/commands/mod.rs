@@ -5,7 +5,7 @@ mod bots;
 mod cancel;
 mod config;
 mod demo;
-mod dev;
+pub(crate) mod dev;
 pub(crate) mod models;
 mod runner;
 mod status;
@@ -108,7 +108,8 @@ fn unreachable_message(url: &str, wait: Duration) -> String {
     )
 }
 
-/// `url` (or comma-separated URLs) with any `user:password@` taken out.
+/// `url` (or comma-separated URLs) with any `user:password@` and query taken out: redis-rs also
+/// reads `?user=…&pass=…`.
 fn without_credentials(url: &str) -> String {
     url.split(',')
         .map(|one| {
@@ -116,9 +117,13 @@ fn without_credentials(url: &str) -> String {
             // A Redis URL's path is a database number: anything before the last `@` is
             // credentials, even a password with an unescaped `/` or `@` in it.
             let after_credentials = one.rsplit('@').next().unwrap_or_default();
-            match one.split_once("://") {
+            let shown = match one.split_once("://") {
                 Some((scheme, _)) if one.contains('@') => format!("{scheme}://{after_credentials}"),
                 _ => after_credentials.to_owned(),
+            };
+            match shown.split_once('?') {
+                Some((before, _)) => before.to_owned(),
+                None => shown,
             }
         })
         .collect::<Vec<_>>()
@@ -148,6 +153,12 @@ mod tests {
             ("redis://u:p@ss@host:1/", "redis://host:1/"),
             ("redis://u:p/w@host:1/2", "redis://host:1/2"),
             ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+            (
+                "unix:///run/redis.sock?pass=s3cret",
+                "unix:///run/redis.sock",
+            ),
+            ("redis://host:1/0?user=u&pass=s3cret", "redis://host:1/0"),
+            ("redis://u:p?w@host:1/", "redis://host:1/"),
         ];
         for (url, shown) in cases {
             assert_eq!(super::without_credentials(url), shown, "{url}");

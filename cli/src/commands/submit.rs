@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ducks_contract::{JobRequest, Origin};
-use ducks_queue::{Queue, Submitted};
+use ducks_queue::{Patience, Queue, Submitted};
 
 use crate::follow;
 
@@ -74,6 +74,9 @@ pub async fn run(args: Args, queue: &Queue) -> Result<u8, crate::Error> {
         println!("{}", submitted_line(&submitted));
         return Ok(0);
     }
+    // Redis answered within the command's short wait; following the job may take many minutes,
+    // through which a Redis failover is waited out as the services wait it out.
+    let queue = &queue.clone().with_patience(Patience::Service);
     let (submitted, _tail, watch) = follow::submit_and_watch(queue, request).await?;
     eprintln!("{}", submitted_line(&submitted));
     let followed = follow::follow(watch, &args.out, Duration::from_secs(args.timeout)).await?;

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ducks_tests::{BUCKET, RedisServer, S3Server, ducks_binary};
+use ducks_tests::{BUCKET, RedisServer, S3Server, ducks_binary, s3_env};
 use tokio::sync::mpsc;
 
 /// How long a `ducks` process may take to log a line or exit, on a busy 2-core machine.
@@ -47,12 +47,7 @@ impl Machine {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DUCKS_REDIS__URL", self.redis.url())
-            .env("DUCKS_S3__ENDPOINT", self.s3.endpoint())
-            .env("DUCKS_S3__REGION", self.s3.region())
-            .env("DUCKS_S3__BUCKET", BUCKET)
-            .env("DUCKS_S3__ACCESS_KEY_ID", self.s3.access_key())
-            .env("DUCKS_S3__SECRET_ACCESS_KEY", self.s3.secret_key())
-            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .envs(s3_env(&self.s3.settings(BUCKET)))
             .envs(extra.iter().copied())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -319,25 +314,41 @@ fn ducks_config_prints_the_settings_as_toml_with_each_keys_origin_and_no_secret(
         "{printed}"
     );
 
-    // What it printed loads back to the same settings: secrets stay redacted, the rest agrees.
-    std::fs::write(dir.path().join("printed.toml"), &printed).expect("written");
+    // Unedited, what it printed is refused: its secrets are placeholders, and no process may run
+    // with "<redacted>" as a password.
+    let printed_file = dir.path().join("printed.toml");
+    std::fs::write(&printed_file, &printed).expect("written");
     let elsewhere = tempfile::tempdir().expect("a temporary folder");
-    let again = ducks_config(
-        elsewhere.path(),
-        &[
-            "--config",
-            &dir.path().join("printed.toml").display().to_string(),
-        ],
-        &[],
+    let refused = Command::new(ducks_binary())
+        .arg("--config")
+        .arg(&printed_file)
+        .arg("config")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(elsewhere.path())
+        .output()
+        .expect("ducks config runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"<redacted>\", which `ducks config` prints in place of a secret"),
+        "{stderr}"
     );
+    // With the secrets back in the environment, where a deployment keeps them, it loads back to
+    // the same settings, every other key from the file.
+    let printed_path = printed_file.display().to_string();
+    let again = ducks_config(elsewhere.path(), &["--config", &printed_path], &env);
     let reloaded: toml::Table = again.parse().expect("TOML again");
     assert_eq!(reloaded, table, "{printed}\n\nloaded back as\n\n{again}");
-    assert!(
-        keys(&again)
-            .values()
-            .all(|(_, comment)| comment.starts_with("from ") && comment.contains("printed.toml")),
-        "every key from the file:\n{again}"
-    );
+    for (key, (_, comment)) in keys(&again) {
+        let from_env = env.iter().any(|(var, _)| {
+            comment == format!("from {var}") || comment.starts_with(&format!("from {var} "))
+        });
+        assert!(
+            from_env || comment.starts_with("from ") && comment.contains("printed.toml"),
+            "{key}: {comment}:\n{again}"
+        );
+    }
 }
 
 /// The probes' address a worker's JSON log line names, once it serves them.

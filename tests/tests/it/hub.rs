@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ducks_models::digest::sha256_of;
 use ducks_runner::diffusion::{self, FileRole};
-use ducks_tests::{RedisServer, S3Server, ducks_binary};
+use ducks_tests::{RedisServer, S3Server, ducks_binary, s3_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -64,12 +64,7 @@ impl World {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HF_ENDPOINT", endpoint)
             .env("TMPDIR", self.temp())
-            .env("DUCKS_S3__ENDPOINT", self.s3.endpoint())
-            .env("DUCKS_S3__REGION", self.s3.region())
-            .env("DUCKS_S3__BUCKET", BUCKET)
-            .env("DUCKS_S3__ACCESS_KEY_ID", self.s3.access_key())
-            .env("DUCKS_S3__SECRET_ACCESS_KEY", self.s3.secret_key())
-            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .envs(s3_env(&self.s3.settings(BUCKET)))
             .env("DUCKS_REDIS__URL", self.redis.url())
             .current_dir(self.scratch.path())
             .kill_on_drop(true);

@@ -11,6 +11,7 @@ use ducks_models::{S3Config, Storage};
 use ducks_queue::Queue;
 use ducks_tests::{
     KubeApi, KubeFault, Kubelet, PodBehaviour, RedisServer, S3Server, ducks_binary, http_get,
+    s3_env,
 };
 use ducks_worker::kube::{KubeConfig, KubeLauncher, rbac, spec};
 use ducks_worker::{RunningWorker, WorkerConfig};
@@ -737,13 +738,7 @@ async fn ducks_worker_finds_the_cluster_through_a_kubeconfig_and_refuses_a_short
             .env("HOME", world.scratch.path())
             .env("KUBECONFIG", &kubeconfig)
             .env("DUCKS_REDIS__URL", world.redis.url())
-            .env("DUCKS_S3__ENDPOINT", &world.s3_config.endpoint)
-            .env("DUCKS_S3__ACCESS_KEY_ID", &world.s3_config.access_key_id)
-            .env(
-                "DUCKS_S3__SECRET_ACCESS_KEY",
-                world.s3_config.secret_access_key.expose(),
-            )
-            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .envs(s3_env(&world.s3_config))
             .env("DUCKS_WORKER__LISTEN", "")
             .env("DUCKS_WORKER__LAUNCHER", "kubernetes")
             .env("DUCKS_WORKER__KUBERNETES__NAMESPACE", NS)

@@ -10,7 +10,7 @@ use ducks_contract::{
 };
 use ducks_models::bucket;
 use ducks_models::{S3Config, Storage};
-use ducks_tests::{S3Server, ducks_binary};
+use ducks_tests::{S3Server, ducks_binary, s3_env};
 
 use crate::support::{BUCKET, tiny_bucket};
 
@@ -49,15 +49,7 @@ impl World {
             .env("DUCKS_RUNNER__JOB", wire::encode(job))
             .env("DUCKS_RUNNER__CACHE_DIR", cache)
             .env("DUCKS_RUNNER__TERMINATION_LOG", &termination)
-            .env("DUCKS_S3__ENDPOINT", &self.config.endpoint)
-            .env("DUCKS_S3__REGION", &self.config.region)
-            .env("DUCKS_S3__BUCKET", BUCKET)
-            .env("DUCKS_S3__ACCESS_KEY_ID", &self.config.access_key_id)
-            .env(
-                "DUCKS_S3__SECRET_ACCESS_KEY",
-                self.config.secret_access_key.expose(),
-            )
-            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .envs(s3_env(&self.config))
             .current_dir(self.scratch.path());
         (cmd, termination)
     }

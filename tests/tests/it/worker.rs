@@ -12,7 +12,7 @@ use ducks_contract::{
 };
 use ducks_models::{S3Config, Storage};
 use ducks_queue::{Cancelled, Queue};
-use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get};
+use ducks_tests::{RedisOptions, RedisServer, S3Server, ducks_binary, http_get, s3_env};
 use ducks_worker::config::LocalConfig;
 use ducks_worker::{RunningWorker, WorkerConfig};
 
@@ -105,13 +105,7 @@ impl World {
                 "DUCKS_QUEUE__LEASE_MS",
                 worker_queue_config().lease_ms.to_string(),
             )
-            .env("DUCKS_S3__ENDPOINT", &self.s3_config.endpoint)
-            .env("DUCKS_S3__ACCESS_KEY_ID", &self.s3_config.access_key_id)
-            .env(
-                "DUCKS_S3__SECRET_ACCESS_KEY",
-                self.s3_config.secret_access_key.expose(),
-            )
-            .env("DUCKS_S3__FORCE_PATH_STYLE", "true")
+            .envs(s3_env(&self.s3_config))
             .env("DUCKS_WORKER__LISTEN", "")
             .env("RUST_LOG", level)
             .env("DUCKS_WORKER__LOCAL__RUNS_DIR", &config.local.runs_dir)
