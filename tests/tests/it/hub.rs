@@ -29,6 +29,17 @@ const CLIP_B32: &str = "openai/clip-vit-base-patch32";
 const CLIP_L14: &str = "openai/clip-vit-large-patch14";
 const CLIP_BIGG: &str = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k";
 
+/// The fake hub's tiny-sd, imported as `tiny-hub`.
+const IMPORT_TINY: &[&str] = &[
+    "models",
+    "import",
+    "hf:test/tiny",
+    "--id",
+    "tiny-hub",
+    "--family",
+    "tiny-sd",
+];
+
 /// An S3 server with the bucket, and a folder for the binary's working directory and TMPDIR.
 struct World {
     s3: S3Server,
@@ -216,20 +227,7 @@ async fn a_model_imports_through_the_hub_protocol_and_is_listed() {
     let world = World::new().await;
     let hub = FakeHub::start().await;
 
-    let output = world
-        .ducks(
-            &hub.endpoint(),
-            &[
-                "models",
-                "import",
-                "hf:test/tiny",
-                "--id",
-                "tiny-hub",
-                "--family",
-                "tiny-sd",
-            ],
-        )
-        .await;
+    let output = world.ducks(&hub.endpoint(), IMPORT_TINY).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -323,21 +321,12 @@ async fn a_model_imports_through_the_hub_protocol_and_is_listed() {
 async fn on_a_terminal_each_download_draws_a_progress_bar() {
     let world = World::new().await;
     let hub = FakeHub::start().await;
-    let args = [
-        "models",
-        "import",
-        "hf:test/tiny",
-        "--id",
-        "tiny-hub",
-        "--family",
-        "tiny-sd",
-    ];
-    let piped = world.ducks(&hub.endpoint(), &args).await;
+    let piped = world.ducks(&hub.endpoint(), IMPORT_TINY).await;
     let piped = String::from_utf8_lossy(&piped.stderr).into_owned();
     assert!(piped.contains("Downloading "), "{piped}");
     assert!(!piped.contains('\r') && !piped.contains("[#"), "{piped:?}");
 
-    let mut command = world.command(&hub.endpoint(), &args);
+    let mut command = world.command(&hub.endpoint(), IMPORT_TINY);
     command.env("TERM", "xterm");
     let shown = ducks_tests::stderr_on_terminal(command, WAIT).await;
     assert!(shown.status.success(), "{}", shown.terminal);
